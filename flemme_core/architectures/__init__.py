@@ -1,0 +1,1 @@
+"""Core architectures; each registers through ``register_architectures`` like any plugin's."""

@@ -1,0 +1,69 @@
+"""The architecture contract: how the trainer, evaluator and CLI talk to any model.
+
+An architecture wraps an :class:`~flemme_core.encoder.Encoder` and never names a family.
+The trainer knows nothing else about it: the architecture says how a batch becomes a
+loss (:meth:`Architecture.training_loss`), what inference returns
+(:meth:`Architecture.predict`) and what a dummy input looks like. Architectures with
+several outputs (pyramids) or stages (distillation) override these, not the loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig, parse_options
+from ..encoder import Encoder
+
+Batch = Mapping[str, Any]
+BuildEncoder = Callable[..., Encoder]
+
+
+class Architecture(nn.Module):
+    """Base class: ``forward`` gives training outputs, ``predict`` the inference output."""
+
+    #: segmentation | reconstruction | generation: picks default losses and metrics.
+    task: ClassVar[str] = "segmentation"
+    #: losses used when the config names none.
+    default_loss: ClassVar[list[dict[str, Any]]] = [{"name": "dice_ce", "weight": 1.0}]
+    #: dataclass of this architecture's ``arch_options`` (unknown keys are errors).
+    Options: ClassVar[type] = dataclasses.make_dataclass("NoOptions", [])
+
+    def __init__(self, config: ModelConfig, build_encoder: BuildEncoder):
+        super().__init__()
+        self.config = config
+        self.options = parse_options(self.Options, config.arch_options, f"model.arch_options ({config.arch})")
+        self.encoder = build_encoder(**self.encoder_overrides())
+
+    def encoder_overrides(self) -> dict[str, Any]:
+        """What this architecture changes in its encoder (e.g. ``context_dim`` for diffusion)."""
+        return {}
+
+    # -- what the trainer calls ----------------------------------------------------
+    def inputs_and_target(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The network input and the loss target of a batch (``image``/``label``)."""
+        return batch["image"], batch["label"]
+
+    def training_loss(self, batch: Batch, criterion: nn.Module) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss of one batch and scalars to log; the default is ``criterion(self(x), y)``."""
+        x, y = self.inputs_and_target(batch)
+        loss = criterion(self(x), y)
+        return loss, {}
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """The single full-resolution output used for inference and evaluation."""
+        out = self(x)
+        return out[0] if isinstance(out, (list, tuple)) else out
+
+    def example_input(self, batch_size: int = 1) -> torch.Tensor:
+        """A dummy input of the configured size (``flemme build`` runs one forward on it)."""
+        return torch.randn(batch_size, self.config.in_channels, *self.config.image_size)
+
+    def summary_extra(self) -> dict[str, Any]:
+        """Architecture-specific facts for the build summary."""
+        return {}

@@ -1,0 +1,151 @@
+"""Turn a configuration into a model through the registry, and describe what was built."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from .architectures.base import Architecture
+from .config import EncoderConfig, ModelConfig, model_config_from_dict
+from .encoder import Encoder
+from .errors import ConfigError, PluginError
+from .registry import get_registry
+
+
+def as_model_config(config: ModelConfig | Mapping[str, Any]) -> ModelConfig:
+    """Accept a ModelConfig, a ``model:`` mapping, or a whole config with a ``model`` key."""
+    if isinstance(config, ModelConfig):
+        return config
+    if "model" in config and isinstance(config["model"], Mapping):
+        config = config["model"]
+    return model_config_from_dict(config)
+
+
+def build_encoder(config: EncoderConfig) -> Encoder:
+    """Build any registered encoder family from a complete :class:`EncoderConfig`."""
+    factory = get_registry().get("encoder", config.name).load()
+    encoder = factory(config)
+    if not isinstance(encoder, Encoder):
+        raise PluginError(f"encoder family {config.name!r} returned {type(encoder).__name__}, "
+                          f"not a flemme_core.encoder.Encoder; fix the plugin's factory")
+    return encoder
+
+
+def _encoder_builder(model: ModelConfig):
+    def build(*, in_channels: int | None = None, image_size: list[int] | None = None,
+              context_dim: int | None = None, encoder: EncoderConfig | None = None) -> Encoder:
+        base = encoder or model.encoder
+        cfg = dataclasses.replace(
+            base, dims=model.dims,
+            in_channels=in_channels if in_channels is not None else model.in_channels,
+            image_size=list(image_size if image_size is not None else model.image_size),
+            context_dim=context_dim if context_dim is not None else base.context_dim,
+        )
+        enc = build_encoder(cfg)
+        enc.check_image_size(cfg.image_size)
+        return enc
+
+    return build
+
+
+def build_model(config: ModelConfig | Mapping[str, Any]) -> Architecture:
+    """Build the configured architecture with the configured encoder family."""
+    cfg = as_model_config(config)
+    factory = get_registry().get("architecture", cfg.arch).load()
+    model = factory(cfg, _encoder_builder(cfg))
+    if not isinstance(model, Architecture):
+        raise PluginError(f"architecture {cfg.arch!r} returned {type(model).__name__}, "
+                          f"not a flemme_core.architectures.base.Architecture; fix the plugin's factory")
+    return model
+
+
+def loss_spec(model: Architecture) -> list[dict[str, Any]]:
+    """The losses a model trains with: the config's, else the architecture's default."""
+    return model.config.loss if model.config.loss is not None else list(model.default_loss)
+
+
+def versions_of(model: Architecture) -> dict[str, str]:
+    """Distribution versions of the core and of every plugin the model's components come from."""
+    registry = get_registry()
+    cfg = model.config
+    out: dict[str, str] = {}
+    core = registry.loaded_plugins()[0].provider
+    out[core.name] = core.version
+    wanted = [("architecture", cfg.arch), ("encoder", cfg.encoder.name)]
+    wanted += [("loss", item["name"]) for item in loss_spec(model)]
+    wanted += [(kind, name) for kind, name in getattr(model, "extra_components", lambda: [])()]
+    for kind, name in wanted:
+        provider = registry.provider_of(kind, name)
+        if provider is not None:
+            out[provider.name] = provider.version
+    return out
+
+
+def components_of(model: Architecture) -> dict[str, str]:
+    """kind:name -> distribution, stored in checkpoints so a missing plugin can be named."""
+    registry = get_registry()
+    cfg = model.config
+    wanted = [("architecture", cfg.arch), ("encoder", cfg.encoder.name)]
+    wanted += [("loss", item["name"]) for item in loss_spec(model)]
+    wanted += [(kind, name) for kind, name in getattr(model, "extra_components", lambda: [])()]
+    out = {}
+    for kind, name in wanted:
+        provider = registry.provider_of(kind, name)
+        out[f"{kind}:{name}"] = f"{provider.name} {provider.version}".strip() if provider else "?"
+    return out
+
+
+def count_parameters(module: torch.nn.Module) -> tuple[int, int]:
+    total = sum(p.numel() for p in module.parameters())
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    return total, trainable
+
+
+def summarize(model: Architecture, batch_size: int = 1) -> dict[str, Any]:
+    """Run one forward pass on a dummy batch and describe shapes, levels and sizes."""
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be at least 1, got {batch_size}")
+    captured: dict[str, Any] = {}
+
+    def grab(_module, _inputs, output):
+        captured.setdefault("features", output)
+
+    handle = model.encoder.register_forward_hook(grab)
+    was_training = model.training
+    model.eval()
+    try:
+        x = model.example_input(batch_size)
+        with torch.no_grad():
+            out = model(x)
+    finally:
+        handle.remove()
+        model.train(was_training)
+    outs = out if isinstance(out, (list, tuple)) else [out]
+    enc = model.encoder
+    features = captured.get("features") or []
+    total, trainable = count_parameters(model)
+    cfg = model.config
+    return {
+        "arch": cfg.arch,
+        "encoder": cfg.encoder.name,
+        "dims": cfg.dims,
+        "backend": getattr(enc, "backend", "") or "torch",
+        "parameters": total,
+        "trainable_parameters": trainable,
+        "encoder_parameters": count_parameters(enc)[0],
+        "input_shape": list(x.shape),
+        "output_shapes": [list(o.shape) for o in outs],
+        "levels": [
+            {"level": i, "channels": c, "stride": s,
+             "shape": list(features[i].shape) if i < len(features) else None}
+            for i, (c, s) in enumerate(zip(enc.feature_channels, enc.feature_strides))
+        ],
+        "total_stride": enc.total_stride,
+        "config": cfg.to_dict(),
+        "resolved_encoder": {k: getattr(enc.config, k) for k in EncoderConfig.USER_KEYS + ("options",)},
+        "versions": versions_of(model),
+        **model.summary_extra(),
+    }

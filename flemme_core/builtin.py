@@ -1,0 +1,40 @@
+"""The core's own components, registered through the public hooks like any plugin.
+
+Import-cheap on purpose: factories are "module:attribute" strings.
+"""
+
+from __future__ import annotations
+
+from .hookspecs import hookimpl
+
+_ARCH = "flemme_core.architectures.encoder_decoder"
+
+
+@hookimpl
+def register_architectures(register) -> None:
+    register("unet", f"{_ARCH}:UNet", "segmentation U-Net: encoder, same-family decoder with skips, head",
+             task="segmentation")
+    register("ae", f"{_ARCH}:AutoEncoder",
+             "reconstruction autoencoder without skips; supervised: true maps input -> a different target",
+             task="reconstruction")
+
+
+@hookimpl
+def register_losses(register) -> None:
+    mod = "flemme_core.losses"
+    register("dice", f"{mod}:dice", "soft Dice (MONAI DiceLoss); softmax + one-hot, or sigmoid for 1 channel")
+    register("dice_ce", f"{mod}:dice_ce", "Dice + cross-entropy (MONAI DiceCELoss)")
+    register("ce", f"{mod}:ce", "cross-entropy on class-index targets (BCE for 1 channel)")
+    register("bce", f"{mod}:bce", "BCE-with-logits on per-channel binary targets")
+    register("mse", f"{mod}:mse", "mean squared error")
+    register("l1", f"{mod}:l1", "mean absolute error")
+    register("ssim", f"{mod}:ssim", "1 - SSIM (MONAI SSIMLoss), images in [0, data_range]")
+
+
+@hookimpl
+def register_datasets(register) -> None:
+    try:
+        from .data.catalog import register_presets
+    except ImportError:  # the data package is optional in a minimal install
+        return
+    register_presets(register)

@@ -1,0 +1,130 @@
+"""safetensors checkpoints that rebuild their model from the file alone.
+
+The file holds the weights and, in its metadata, the model config, the resolved
+encoder options, the versions of flemme-core and of every plugin the model uses, and
+which distribution provides each component, so that a missing plugin can be named.
+Writes are atomic: a temporary file in the same folder, fsync, then rename.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+FORMAT = "flemme-model/1"
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp_path)`` then rename over ``path``: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def save_model(model, path: str | Path, extra: Mapping[str, Any] | None = None) -> Path:
+    """Save weights + config + versions; ``extra`` (JSON-able) is stored under flemme.extra."""
+    from safetensors.torch import save_model as st_save_model
+
+    from .build import components_of, count_parameters, versions_of
+
+    metadata = {
+        "format": FORMAT,
+        "flemme.config": model.config.to_json(),
+        "flemme.encoder_resolved": json.dumps(
+            {k: getattr(model.encoder.config, k) for k in ("name", "channels", "num_blocks", "patch_size",
+                                                           "norm", "act", "dropout", "drop_path", "options")},
+            sort_keys=True, default=str),
+        "flemme.versions": json.dumps(versions_of(model), sort_keys=True),
+        "flemme.components": json.dumps(components_of(model), sort_keys=True),
+        "flemme.parameters": str(count_parameters(model)[0]),
+        "flemme.extra": json.dumps(dict(extra or {}), sort_keys=True, default=str),
+    }
+    return atomic_write(path, lambda tmp: st_save_model(model, tmp, metadata=metadata))
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The decoded flemme metadata of a checkpoint, without loading weights or plugins."""
+    from safetensors import safe_open
+
+    from .errors import CheckpointError
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            raw = fh.metadata() or {}
+            num_tensors = len(list(fh.keys()))
+    except Exception as exc:  # noqa: BLE001 - any parse failure is a corrupt file to the user
+        raise CheckpointError(f"{str(path)!r} is not a readable safetensors file (truncated or corrupt?): "
+                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    if raw.get("format") != FORMAT or "flemme.config" not in raw:
+        raise CheckpointError(f"{str(path)!r} is a safetensors file but not a flemme model checkpoint "
+                              f"(no flemme config in its metadata); save it with flemme_core.save_model")
+    try:
+        meta = {
+            "config": json.loads(raw["flemme.config"]),
+            "encoder_resolved": json.loads(raw.get("flemme.encoder_resolved", "{}")),
+            "versions": json.loads(raw.get("flemme.versions", "{}")),
+            "components": json.loads(raw.get("flemme.components", "{}")),
+            "parameters": int(raw.get("flemme.parameters", "0")),
+            "extra": json.loads(raw.get("flemme.extra", "{}")),
+        }
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{str(path)!r} has corrupt flemme metadata ({exc})") from None
+    meta["tensors"] = num_tensors
+    meta["file_bytes"] = path.stat().st_size
+    return meta
+
+
+def _check_plugins(meta: Mapping[str, Any], path: Path) -> None:
+    from .errors import CheckpointError
+    from .registry import get_registry
+
+    registry = get_registry()
+    for key, provider in meta["components"].items():
+        kind, _, name = key.partition(":")
+        if name not in registry.components(kind):
+            dist = provider.split(" ")[0]
+            raise CheckpointError(f"{str(path)!r} needs {kind} {name!r} from {provider}, which is not installed; "
+                                  f"run: pip install {dist}")
+
+
+def load_model(path: str | Path, map_location: str = "cpu"):
+    """Rebuild the model a checkpoint describes and load its weights (strictly)."""
+    from safetensors.torch import load_model as st_load_model
+
+    from .build import build_model
+    from .errors import CheckpointError
+
+    path = Path(path)
+    meta = read_metadata(path)
+    _check_plugins(meta, path)
+    model = build_model(meta["config"])
+    try:
+        missing, unexpected = st_load_model(model, str(path), strict=False, device=map_location)
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"{str(path)!r}: weights could not be read (truncated or corrupt?): "
+                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{str(path)!r} does not match the model it describes ({len(missing)} missing keys, e.g. "
+            f"{sorted(missing)[:3]}; {len(unexpected)} unexpected, e.g. {sorted(unexpected)[:3]}); "
+            f"were different plugin versions used? saved with {meta['versions']}")
+    model.checkpoint_metadata = meta
+    return model

@@ -1,0 +1,230 @@
+"""The encoder contract: what every encoder family gives every architecture.
+
+An :class:`Encoder` is an ``nn.Module`` that
+
+* takes ``(B, C_in, *spatial)`` (2D or 3D: ``dims`` is a parameter) and an optional
+  context vector ``(B, context_dim)``;
+* returns the multi-scale features **fine to coarse**, channels-first, one per level,
+  with ``feature_channels[i]`` channels and ``feature_strides[i]`` total stride;
+* carries ``blocks``, its family's :class:`BlockFamily`, so architectures build their
+  decoder, refinement and bottleneck stages from the same family (a Mamba encoder gets
+  a Mamba decoder) while owning the stage skeleton once;
+* checks its shape rules at build time (:meth:`Encoder.check_image_size`).
+
+Most families only implement a :class:`BlockFamily` (stem, stage of blocks, down/up
+sampling) and register ``staged_encoder(TheirFamily)``; :class:`StagedEncoder` turns it
+into a multi-level encoder. Families that need something else (a fusion of several
+encoders, a pretrained network) subclass :class:`Encoder` directly.
+
+Every stage accepts ``context``: blocks inject it as ``x * (1 + W_g c) + W_b c``
+(:class:`ContextInjection`) so diffusion models can condition every block.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from .config import EncoderConfig, parse_options
+from .errors import ConfigError, ShapeError
+
+
+class ContextInjection(nn.Module):
+    """Flemme's per-block conditioning ``x * (1 + W_g c) + W_b c`` over the channel axis."""
+
+    def __init__(self, context_dim: int, channels: int, channel_axis: int = 1):
+        super().__init__()
+        self.proj = nn.Linear(context_dim, 2 * channels)
+        self.channel_axis = channel_axis
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        if context is None:
+            raise ShapeError("this model was built with a context vector; pass context=(B, context_dim)")
+        gain, bias = self.proj(context).chunk(2, dim=-1)
+        shape = [x.shape[0]] + [1] * (x.dim() - 1)
+        shape[self.channel_axis] = -1
+        return x * (1 + gain.view(shape)) + bias.view(shape)
+
+
+class ContextSequential(nn.Sequential):
+    """A sequence of blocks that all receive the context vector."""
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+        for block in self:
+            x = block(x, context)
+        return x
+
+
+class BlockFamily:
+    """A family's building blocks; channels-first tensors at every boundary.
+
+    Subclasses set ``name``, ``Options`` (a dataclass of family-specific options) and
+    ``defaults`` (values for the common ``EncoderConfig`` fields left as ``None``), and
+    implement the four builders. ``self.cfg`` is the resolved config, ``self.options``
+    the parsed options and ``self.cfg.context_dim`` the context width (or ``None``).
+    """
+
+    name: ClassVar[str] = "family"
+    Options: ClassVar[type] = dataclasses.make_dataclass("NoOptions", [])
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, cfg: EncoderConfig):
+        self.cfg = cfg
+        self.options = parse_options(self.Options, cfg.options, f"model.encoder ({cfg.name} options)")
+
+    @property
+    def dims(self) -> int:
+        return self.cfg.dims
+
+    @property
+    def context_dim(self) -> int | None:
+        return self.cfg.context_dim
+
+    def stem(self, in_channels: int, out_channels: int, patch_size: int) -> nn.Module:
+        """Embed the image: ``(B, in, *S) -> (B, out, *S / patch_size)``."""
+        raise NotImplementedError
+
+    def stage(self, in_channels: int, out_channels: int, num_blocks: int,
+              drop_path: Sequence[float] = ()) -> nn.Module:
+        """``num_blocks`` blocks, first mapping in->out channels; ``forward(x, context=None)``."""
+        raise NotImplementedError
+
+    def down(self, in_channels: int, out_channels: int, factor: int = 2) -> nn.Module:
+        """Down-sample by ``factor`` along every spatial axis."""
+        raise NotImplementedError
+
+    def up(self, in_channels: int, out_channels: int, factor: int = 2) -> nn.Module:
+        """Up-sample by ``factor`` along every spatial axis."""
+        raise NotImplementedError
+
+    def refine(self, channels: int) -> nn.Module:
+        """A same-width block for refinement (pyramid levels); ``forward(x, context=None)``."""
+        return self.stage(channels, channels, 1)
+
+    def check_feature_size(self, level: int, size: Sequence[int]) -> str | None:
+        """Family-specific rule for the feature map at ``level`` (e.g. a window size); a message or None."""
+        return None
+
+
+class Encoder(nn.Module):
+    """Base class of the encoder contract (see the module docstring)."""
+
+    dims: int
+    in_channels: int
+    feature_channels: list[int]
+    feature_strides: list[int]
+    blocks: BlockFamily
+    config: EncoderConfig
+    backend: str = ""  # e.g. which scan kernel a family uses; shown in the build summary
+
+    @property
+    def context_dim(self) -> int | None:
+        return self.config.context_dim
+
+    @property
+    def total_stride(self) -> int:
+        return self.feature_strides[-1]
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def check_image_size(self, size: Sequence[int]) -> None:
+        """Raise a :class:`ShapeError` stating the rule and a valid size."""
+        stride = self.total_stride
+        if any(s % stride for s in size):
+            valid = [max(stride, -(-s // stride) * stride) for s in size]
+            shown = "×".join(str(s) for s in size)
+            raise ShapeError(
+                f"image size {shown} must be divisible by the total stride {stride} of this encoder "
+                f"(patch size {self.feature_strides[0]} × 2^{len(self.feature_strides) - 1}); "
+                f"pad to {'×'.join(map(str, valid))} or use --image-size {valid[0] if len(set(valid)) == 1 else ','.join(map(str, valid))}"
+            )
+        for level, level_stride in enumerate(self.feature_strides):
+            problem = self.blocks.check_feature_size(level, [s // level_stride for s in size])
+            if problem:
+                raise ShapeError(problem)
+
+
+def drop_path_schedule(rate: float, counts: Sequence[int]) -> list[list[float]]:
+    """Stochastic-depth rates rising linearly from 0 to ``rate`` over all blocks."""
+    total = sum(counts)
+    rates = torch.linspace(0, rate, total).tolist() if total > 1 else [rate] * total
+    out, start = [], 0
+    for n in counts:
+        out.append(rates[start:start + n])
+        start += n
+    return out
+
+
+class StagedEncoder(Encoder):
+    """stem -> [stage_0] -> [down -> stage_i]...: features fine to coarse, one per level.
+
+    Level ``i`` has ``channels[i]`` channels and stride ``patch_size * 2**i``; the last
+    level is the bottleneck.
+    """
+
+    COMMON_DEFAULTS: ClassVar[dict[str, Any]] = {
+        "channels": [32, 64, 128, 256],
+        "num_blocks": 2,
+        "patch_size": 2,
+        "norm": "batch",
+        "act": "relu",
+    }
+
+    def __init__(self, family_cls: type[BlockFamily], cfg: EncoderConfig):
+        super().__init__()
+        cfg = resolve_defaults(family_cls, cfg)
+        self.config = cfg
+        self.blocks = family_cls(cfg)
+        self.dims, self.in_channels = cfg.dims, cfg.in_channels
+        channels = list(cfg.channels)
+        counts = cfg.num_blocks if isinstance(cfg.num_blocks, list) else [cfg.num_blocks] * len(channels)
+        if len(counts) != len(channels):
+            raise ConfigError(f"model.encoder.num_blocks has {len(counts)} values but channels has "
+                              f"{len(channels)} levels; give one number or one per level")
+        rates = drop_path_schedule(cfg.drop_path, counts)
+        self.stem = self.blocks.stem(cfg.in_channels, channels[0], cfg.patch_size)
+        self.downs = nn.ModuleList()
+        self.stages = nn.ModuleList()
+        for i, width in enumerate(channels):
+            if i > 0:
+                self.downs.append(self.blocks.down(channels[i - 1], width, 2))
+            self.stages.append(self.blocks.stage(width, width, counts[i], rates[i]))
+        self.feature_channels = channels
+        self.feature_strides = [cfg.patch_size * 2 ** i for i in range(len(channels))]
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> list[torch.Tensor]:
+        x = self.stem(x)
+        features = []
+        for i, stage in enumerate(self.stages):
+            if i > 0:
+                x = self.downs[i - 1](x)
+            x = stage(x, context)
+            features.append(x)
+        return features
+
+
+def resolve_defaults(family_cls: type[BlockFamily], cfg: EncoderConfig) -> EncoderConfig:
+    """Fill ``None`` fields from the family's defaults, then the common ones."""
+    cfg = dataclasses.replace(cfg, options=dict(cfg.options))
+    for key, common in StagedEncoder.COMMON_DEFAULTS.items():
+        if getattr(cfg, key) is None:
+            value = family_cls.defaults.get(key, common)
+            setattr(cfg, key, list(value) if isinstance(value, list) else value)
+    if not isinstance(cfg.patch_size, int) or cfg.patch_size < 1:
+        raise ConfigError(f"model.encoder.patch_size must be a positive integer, got {cfg.patch_size!r}")
+    return cfg
+
+
+def staged_encoder(family_cls: type[BlockFamily]) -> Callable[[EncoderConfig], StagedEncoder]:
+    """The factory a plugin registers for a block family: ``register('cnn', 'pkg.mod:encoder')``."""
+
+    def factory(cfg: EncoderConfig) -> StagedEncoder:
+        return StagedEncoder(family_cls, cfg)
+
+    factory.family = family_cls  # type: ignore[attr-defined]
+    return factory

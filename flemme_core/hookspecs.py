@@ -1,0 +1,70 @@
+"""The public hook specifications of flemme: everything a plugin can contribute.
+
+A plugin is a module (found through the ``flemme`` entry-point group, or registered
+explicitly) that implements some of these hooks with ``@flemme_core.hookimpl``.
+Each hook receives a ``register`` callable; calling it records a *lazy* component:
+a name, a one-line description and a factory given as ``"module:attribute"`` so that
+listing components never imports torch or the plugin's model code.
+
+    register(name, factory, description="", **metadata)
+
+This module must stay import-cheap (pluggy only).
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+PROJECT = "flemme"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def register_encoders(register) -> None:
+    """Register encoder families.
+
+    The factory is called as ``factory(config: EncoderConfig) -> Encoder`` and must
+    return an object honouring :class:`flemme_core.encoder.Encoder` (multi-scale
+    features fine to coarse, channels-first, plus the family's decoder blocks).
+    """
+
+
+@hookspec
+def register_architectures(register) -> None:
+    """Register architectures (unet, ae, ...).
+
+    The factory is called as ``factory(config: ModelConfig, build_encoder) ->
+    Architecture`` where ``build_encoder(**overrides) -> Encoder`` builds the configured
+    encoder family (overrides: ``in_channels``, ``image_size``, ``context_dim`` or a whole
+    ``encoder`` config). An architecture never names an encoder family.
+    """
+
+
+@hookspec
+def register_losses(register) -> None:
+    """Register losses.
+
+    The factory is called as ``factory(out_channels: int, dims: int, **options) -> nn.Module``
+    and the module as ``loss(prediction, target) -> scalar tensor``.
+    """
+
+
+@hookspec
+def register_fusions(register) -> None:
+    """Register fusion strategies that merge aligned multi-branch features.
+
+    The factory is called as ``factory(channels: int, num_branches: int, dims: int,
+    **options) -> nn.Module`` and the module as ``fuse(list_of_features) -> feature``
+    where every feature is ``(B, channels, *spatial)`` on one grid.
+    """
+
+
+@hookspec
+def register_datasets(register) -> None:
+    """Register dataset presets (real images shipped by packages, synthetic sets).
+
+    The factory is called as ``factory(**options) -> DatasetSplits`` with the
+    training and held-out items; it must not download anything.
+    """

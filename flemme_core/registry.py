@@ -1,0 +1,318 @@
+"""Plugin discovery and the component registry.
+
+Plugins are loaded one entry point at a time (not with pluggy's own loader) so that a
+plugin that fails to import, or whose hook raises, is recorded and reported while every
+other plugin still works. Components are registered lazily: a name, a description and
+a ``"module:attribute"`` factory; nothing heavy is imported until a component is built.
+
+Environment variables (as pytest and tox offer):
+
+* ``FLEMME_DISABLE_PLUGIN_AUTOLOAD=1``: do not scan entry points; only the core's
+  built-in components and plugins registered explicitly (or named in ``FLEMME_PLUGINS``).
+* ``FLEMME_PLUGINS=name,...``: with autoload disabled, the entry points or distributions
+  to load anyway.
+* ``FLEMME_DISABLE_PLUGINS=name,...``: entry-point or distribution names (wildcards
+  allowed) never to load.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import PluginError, unknown_name_message
+
+if sys.version_info >= (3, 10):
+    import importlib.metadata as importlib_metadata
+else:  # pragma: no cover
+    import importlib_metadata
+
+ENTRY_POINT_GROUP = "flemme"
+KINDS = {
+    "encoder": "register_encoders",
+    "architecture": "register_architectures",
+    "loss": "register_losses",
+    "fusion": "register_fusions",
+    "dataset": "register_datasets",
+}
+PLURAL = {"encoders": "encoder", "architectures": "architecture", "losses": "loss",
+          "fusions": "fusion", "datasets": "dataset"}
+
+
+@dataclass(frozen=True)
+class Provider:
+    """Who registered a component: a distribution (name, version) or an explicit object."""
+
+    name: str
+    version: str = ""
+    entry_point: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.version}".strip()
+
+
+CORE_PROVIDER_NAME = "flemme-core"
+
+
+@dataclass
+class Component:
+    """A registered, not yet imported, component."""
+
+    kind: str
+    name: str
+    factory: str | Callable[..., Any]
+    description: str
+    provider: Provider
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def load(self) -> Callable[..., Any]:
+        """Import and return the factory; an import failure names the plugin."""
+        if callable(self.factory):
+            return self.factory
+        module_name, _, attr = self.factory.partition(":")
+        try:
+            obj: Any = importlib.import_module(module_name)
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+        except Exception as exc:  # noqa: BLE001 - report any plugin failure as one line
+            raise PluginError(
+                f"{self.kind} {self.name!r} from {self.provider} could not be loaded "
+                f"({self.factory}): {type(exc).__name__}: {exc}; reinstall or upgrade {self.provider.name}"
+            ) from exc
+        return obj
+
+
+@dataclass
+class PluginRecord:
+    """One loaded (or failed) plugin, for `flemme plugins` and `flemme list`."""
+
+    provider: Provider
+    module: str
+    error: str = ""
+
+
+@dataclass
+class Conflict:
+    kind: str
+    name: str
+    providers: list[Provider]
+
+    def message(self) -> str:
+        who = " and ".join(str(p) for p in self.providers)
+        return (f"{self.kind} {self.name!r} is registered by both {who}; uninstall one, or disable one "
+                f"with FLEMME_DISABLE_PLUGINS={self.providers[-1].name}")
+
+
+def _env_list(var: str) -> list[str]:
+    return [s.strip() for s in os.environ.get(var, "").split(",") if s.strip()]
+
+
+def _matches(patterns: list[str], *names: str) -> bool:
+    return any(fnmatch.fnmatch(n, p) for p in patterns for n in names if n)
+
+
+class Registry:
+    """Loads plugins and answers 'what is registered under this name'."""
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.plugins: list[PluginRecord] = []
+        self.failures: list[PluginRecord] = []
+        self._providers: dict[int, Provider] = {}
+        self._explicit: list[tuple[Any, Provider]] = []
+        self._components: dict[str, dict[str, Component]] | None = None
+        self.conflicts: list[Conflict] = []
+
+    # -- loading -------------------------------------------------------------------
+    def _add_plugin(self, obj: Any, provider: Provider) -> None:
+        name = f"{provider.name}:{provider.entry_point or getattr(obj, '__name__', id(obj))}"
+        if self.pm.is_registered(obj):
+            return
+        self.pm.register(obj, name=name)
+        self._providers[id(obj)] = provider
+        self.plugins.append(PluginRecord(provider, getattr(obj, "__name__", repr(obj))))
+
+    def _load_entry_points(self) -> None:
+        autoload = os.environ.get("FLEMME_DISABLE_PLUGIN_AUTOLOAD", "").lower() not in ("1", "true", "yes")
+        wanted = _env_list("FLEMME_PLUGINS")
+        disabled = _env_list("FLEMME_DISABLE_PLUGINS")
+        seen: set[tuple[str, str]] = set()
+        for dist in importlib_metadata.distributions():
+            dist_name = dist.metadata["Name"] or "?"
+            for ep in dist.entry_points:
+                if ep.group != ENTRY_POINT_GROUP or (dist_name, ep.name) in seen:
+                    continue
+                seen.add((dist_name, ep.name))
+                if _matches(disabled, ep.name, dist_name):
+                    continue
+                if not autoload and not _matches(wanted, ep.name, dist_name):
+                    continue
+                provider = Provider(dist_name, dist.version or "", ep.name)
+                try:
+                    obj = ep.load()
+                except Exception as exc:  # noqa: BLE001 - a broken plugin must not take down the others
+                    self.failures.append(PluginRecord(provider, ep.value, _one_line(exc)))
+                    continue
+                self._add_plugin(obj, provider)
+
+    def _ensure_loaded(self) -> None:
+        if self._components is not None:
+            return
+        from . import builtin
+
+        self._add_plugin(builtin, Provider(CORE_PROVIDER_NAME, _core_version(), "builtin"))
+        self._load_entry_points()
+        for obj, provider in self._explicit:
+            self._add_plugin(obj, provider)
+        self._collect()
+
+    def _collect(self) -> None:
+        components: dict[str, dict[str, Component]] = {kind: {} for kind in KINDS}
+        self.conflicts = []
+        for kind, hook_name in KINDS.items():
+            hook = getattr(self.pm.hook, hook_name)
+            # Call each implementation alone, so a raising hook is isolated and attributed.
+            for impl in reversed(hook.get_hookimpls()):
+                provider = self._providers.get(id(impl.plugin), Provider(impl.plugin_name))
+                register = _Registrar(kind, provider, components[kind], self.conflicts)
+                try:
+                    impl.function(register=register)
+                except Exception as exc:  # noqa: BLE001
+                    self.failures.append(PluginRecord(provider, impl.plugin_name,
+                                                      f"{hook_name} raised {_one_line(exc)}"))
+        self._components = components
+
+    # -- public API ----------------------------------------------------------------
+    def register_plugin(self, obj: Any, name: str | None = None) -> None:
+        """Register a module or object with hook implementations without installing it.
+
+        For notebooks and tests: ``flemme_core.register_plugin(my_module)``.
+        """
+        provider = Provider(name or getattr(obj, "__name__", type(obj).__name__), "", "explicit")
+        self._explicit.append((obj, provider))
+        if self._components is not None:
+            self._add_plugin(obj, provider)
+            self._collect()
+
+    def unregister_plugin(self, obj: Any) -> None:
+        """Undo :meth:`register_plugin` (tests use it to clean up)."""
+        self._explicit = [(o, p) for o, p in self._explicit if o is not obj]
+        if self.pm.is_registered(obj):
+            self.pm.unregister(obj)
+            self.plugins = [r for r in self.plugins if r.module != getattr(obj, "__name__", repr(obj))]
+        if self._components is not None:
+            self._collect()
+
+    def components(self, kind: str) -> dict[str, Component]:
+        self._ensure_loaded()
+        assert self._components is not None
+        return self._components[kind]
+
+    def get(self, kind: str, name: str) -> Component:
+        """The component registered as ``name``; unknown names list close matches."""
+        comps = self.components(kind)
+        for conflict in self.conflicts:
+            if conflict.kind == kind and conflict.name == name:
+                raise PluginError(conflict.message())
+        if name not in comps:
+            hint = "see `flemme list`"
+            failed = [f.provider.name for f in self.failures]
+            if failed:
+                hint += f"; plugins that failed to load: {', '.join(sorted(set(failed)))}"
+            raise PluginError(unknown_name_message(kind, name, comps, hint))
+        return comps[name]
+
+    def iter_all(self) -> Iterator[Component]:
+        for kind in KINDS:
+            yield from self.components(kind).values()
+
+    def loaded_plugins(self) -> list[PluginRecord]:
+        self._ensure_loaded()
+        return list(self.plugins)
+
+    def problems(self) -> list[str]:
+        """One line per broken plugin or name conflict."""
+        self._ensure_loaded()
+        lines = [f"plugin {f.provider} ({f.module}) failed: {f.error}" for f in self.failures]
+        lines += [c.message() for c in self.conflicts]
+        return lines
+
+    def provider_of(self, kind: str, name: str) -> Provider | None:
+        comp = self.components(kind).get(name)
+        return comp.provider if comp else None
+
+
+class _Registrar:
+    """The ``register`` callable handed to hook implementations."""
+
+    def __init__(self, kind: str, provider: Provider, into: dict[str, Component], conflicts: list[Conflict]):
+        self.kind, self.provider, self.into, self.conflicts = kind, provider, into, conflicts
+
+    def __call__(self, name: str, factory: str | Callable[..., Any], description: str = "",
+                 **metadata: Any) -> None:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"{self.kind} name must be a non-empty string, got {name!r}")
+        if not (callable(factory) or (isinstance(factory, str) and ":" in factory)):
+            raise TypeError(f"{self.kind} {name!r}: factory must be a callable or 'module:attribute'")
+        comp = Component(self.kind, name, factory, description, self.provider, metadata)
+        if name in self.into and self.into[name].provider != self.provider:
+            existing = [c for c in self.conflicts if c.kind == self.kind and c.name == name]
+            if existing:
+                existing[0].providers.append(self.provider)
+            else:
+                self.conflicts.append(Conflict(self.kind, name, [self.into[name].provider, self.provider]))
+            return
+        self.into[name] = comp
+
+
+def _one_line(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip().splitlines()
+    origin = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+    where = f" (at {origin[0].filename}:{origin[0].lineno})" if origin else ""
+    return (text[0] if text else type(exc).__name__) + where
+
+
+def _core_version() -> str:
+    try:
+        return importlib_metadata.version("flemme-core")
+    except importlib_metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+_REGISTRY: Registry | None = None
+
+
+def get_registry() -> Registry:
+    """The process-wide registry (plugins are loaded on first use)."""
+    global _REGISTRY
+    if _REGISTRY is None:
+        _REGISTRY = Registry()
+    return _REGISTRY
+
+
+def reset_registry() -> Registry:
+    """Forget loaded plugins and rescan on next use (tests, or after `pip install`)."""
+    global _REGISTRY
+    explicit = _REGISTRY._explicit if _REGISTRY is not None else []
+    _REGISTRY = Registry()
+    _REGISTRY._explicit = list(explicit)
+    return _REGISTRY
+
+
+def kind_from_plural(word: str) -> str:
+    """'encoders' or 'encoder' -> 'encoder'; unknown words list the valid ones."""
+    if word in KINDS:
+        return word
+    if word in PLURAL:
+        return PLURAL[word]
+    raise PluginError(unknown_name_message("component kind", word, list(PLURAL)))

@@ -1,0 +1,79 @@
+"""The ``cnn`` block family: what a convolutional encoder and its decoder are made of."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from torch import nn
+
+from flemme_core import layers
+from flemme_core.config import choice
+from flemme_core.encoder import BlockFamily, ContextSequential, staged_encoder
+
+from .blocks import ConvBlock, conv_unit
+
+BLOCKS = {"conv": (1, False), "double_conv": (2, False), "res_conv": (2, True)}
+
+
+@dataclasses.dataclass
+class CNNOptions:
+    block: str = "double_conv"   # conv | double_conv | res_conv
+    down: str = "conv"           # conv (strided) | pool (max-pool + conv)
+    up: str = "transpose"        # transpose | interp (interpolation + 1×1 conv)
+    kernel_size: int = 3
+
+    def validate(self) -> None:
+        choice(self.block, list(BLOCKS), "model.encoder.block")
+        choice(self.down, ["conv", "pool"], "model.encoder.down")
+        choice(self.up, ["transpose", "interp"], "model.encoder.up")
+        if self.kernel_size % 2 == 0 or self.kernel_size < 1:
+            from flemme_core.errors import ConfigError
+
+            raise ConfigError(f"model.encoder.kernel_size must be odd, got {self.kernel_size}")
+
+
+class CNNFamily(BlockFamily):
+    """Convolutions all the way; level 0 keeps full resolution by default (patch_size 1)."""
+
+    name = "cnn"
+    Options = CNNOptions
+    defaults: ClassVar[dict[str, Any]] = {"patch_size": 1, "num_blocks": 1, "norm": "batch", "act": "relu",
+                                          "channels": [32, 64, 128, 256]}
+
+    def _unit(self, cin: int, cout: int, stride: int = 1, kernel: int | None = None) -> nn.Module:
+        c = self.cfg
+        return conv_unit(c.dims, cin, cout, kernel or self.options.kernel_size, c.norm, c.act, c.dropout, stride)
+
+    def stem(self, in_channels: int, out_channels: int, patch_size: int) -> nn.Module:
+        if patch_size == 1:
+            return self._unit(in_channels, out_channels)
+        return self._unit(in_channels, out_channels, stride=patch_size, kernel=patch_size)
+
+    def stage(self, in_channels: int, out_channels: int, num_blocks: int,
+              drop_path: Sequence[float] = ()) -> nn.Module:
+        num_convs, residual = BLOCKS[self.options.block]
+        rates = list(drop_path) or [0.0] * num_blocks
+        c = self.cfg
+        return ContextSequential(*[
+            ConvBlock(c.dims, in_channels if i == 0 else out_channels, out_channels, num_convs=num_convs,
+                      residual=residual, kernel_size=self.options.kernel_size, norm=c.norm, act=c.act,
+                      dropout=c.dropout, drop_path=rates[i], context_dim=c.context_dim)
+            for i in range(num_blocks)])
+
+    def down(self, in_channels: int, out_channels: int, factor: int = 2) -> nn.Module:
+        if self.options.down == "pool":
+            pool = nn.MaxPool2d(factor) if self.dims == 2 else nn.MaxPool3d(factor)
+            return nn.Sequential(pool, self._unit(in_channels, out_channels))
+        return self._unit(in_channels, out_channels, stride=factor, kernel=max(3, factor))
+
+    def up(self, in_channels: int, out_channels: int, factor: int = 2) -> nn.Module:
+        if self.options.up == "interp":
+            mode = "bilinear" if self.dims == 2 else "trilinear"
+            return nn.Sequential(nn.Upsample(scale_factor=factor, mode=mode, align_corners=False),
+                                 layers.conv(self.dims, in_channels, out_channels, kernel_size=1))
+        return layers.conv_transpose(self.dims, in_channels, out_channels, factor)
+
+
+encoder = staged_encoder(CNNFamily)
