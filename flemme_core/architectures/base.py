@@ -64,6 +64,23 @@ class Architecture(nn.Module):
         """A dummy input of the configured size (``flemme build`` runs one forward on it)."""
         return torch.randn(batch_size, self.config.in_channels, *self.config.image_size)
 
+    def training_stages(self) -> list[str]:
+        """Names of the stages the trainer runs in order (distillation: teacher, student)."""
+        return ["main"]
+
+    def begin_stage(self, name: str) -> None:
+        """Called by the trainer before a stage: freeze/unfreeze parameters here.
+
+        The trainer then optimises the parameters with ``requires_grad`` and calls
+        :meth:`training_loss`, which may read ``self.stage``.
+        """
+        self.stage = name
+
+    def validation_metrics(self, batch: Batch) -> dict[str, float] | None:
+        """Metrics of one held-out batch if this architecture computes its own
+        (generative models); ``None`` lets the evaluator use the task's standard metrics."""
+        return None
+
     def summary_extra(self) -> dict[str, Any]:
         """Architecture-specific facts for the build summary."""
         return {}
