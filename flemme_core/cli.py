@@ -1,0 +1,240 @@
+"""The ``flemme`` command line.
+
+Import-cheap: ``flemme --help`` and ``flemme list`` load click, pluggy and the entry
+points only; torch and MONAI are imported inside the commands that build models.
+User mistakes (:class:`FlemmeError`) print one ``Error:`` line and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from .errors import FlemmeError
+
+
+class FlemmeGroup(click.Group):
+    """Turns user mistakes into one line on stderr and a non-zero exit, no traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FlemmeError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=FlemmeGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="flemme-core", prog_name="flemme")
+def main() -> None:
+    """flemme: build, train and compare any encoder family in any architecture (2D/3D medical images)."""
+
+
+# ---------------------------------------------------------------------------------
+@main.command("list")
+@click.argument("kind", required=False)
+@click.argument("pattern", required=False, default="*")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def list_components(kind: str | None, pattern: str, as_json: bool) -> None:
+    """List registered components: encoders, architectures, losses, fusions, datasets.
+
+    KIND filters by kind; PATTERN is a wildcard on names, e.g. `flemme list encoders 'sw*'`.
+    """
+    import fnmatch
+
+    from .registry import KINDS, get_registry, kind_from_plural
+
+    registry = get_registry()
+    kinds = [kind_from_plural(kind)] if kind else list(KINDS)
+    rows = [c for k in kinds for c in registry.components(k).values() if fnmatch.fnmatch(c.name, pattern)]
+    problems = registry.problems()
+    if as_json:
+        click.echo(json.dumps({
+            "components": [{"kind": c.kind, "name": c.name, "description": c.description,
+                            "distribution": c.provider.name, "version": c.provider.version} for c in rows],
+            "problems": problems}, indent=2))
+        return
+    for k in kinds:
+        group = sorted((c for c in rows if c.kind == k), key=lambda c: c.name)
+        if not group:
+            continue
+        click.secho(f"{k}s:" if not k.endswith("s") else f"{k}es:", bold=True)
+        width = max(len(c.name) for c in group)
+        for c in group:
+            click.echo(f"  {c.name:<{width}}  [{c.provider}]  {c.description}")
+    if not rows:
+        click.echo(f"no {'/'.join(kinds)} matches {pattern!r}")
+    for line in problems:
+        click.secho(f"problem: {line}", fg="yellow", err=True)
+
+
+@main.command("plugins")
+@click.option("--requirements", is_flag=True, help="Print installed plugin distributions as a requirements file.")
+def list_plugins(requirements: bool) -> None:
+    """Installed plugin distributions, their versions and load status."""
+    from .registry import get_registry
+
+    registry = get_registry()
+    loaded = registry.loaded_plugins()
+    failed = registry.failures
+    if requirements:
+        seen = set()
+        for rec in loaded + [f for f in failed if f.provider.version]:
+            if rec.provider.entry_point == "explicit" or rec.provider.name in seen or not rec.provider.version:
+                continue
+            seen.add(rec.provider.name)
+            click.echo(f"{rec.provider.name}=={rec.provider.version}")
+        return
+    for rec in loaded:
+        where = "built in" if rec.provider.entry_point == "builtin" else rec.module
+        click.echo(f"{rec.provider.name:<20} {rec.provider.version:<10} ok      {where}")
+    for rec in failed:
+        click.echo(f"{rec.provider.name:<20} {rec.provider.version:<10} FAILED  {rec.error}")
+
+
+# ---------------------------------------------------------------------------------
+def _parse_value(text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def model_dict_from_cli(config_path: str | None, flags: dict[str, Any], overrides: tuple[str, ...]) -> dict[str, Any]:
+    """Merge a YAML file's ``model:`` section, explicit flags and ``--set a.b=c`` overrides."""
+    from .config import ConfigError, load_yaml, set_dotted
+
+    model: dict[str, Any] = {}
+    if config_path:
+        data = load_yaml(config_path)
+        model = dict(data.get("model", data))
+    encoder = model.get("encoder", {})
+    model["encoder"] = {"name": encoder} if isinstance(encoder, str) else dict(encoder)
+    mapping = {"encoder": ("encoder", "name"), "channels": ("encoder", "channels"),
+               "num_blocks": ("encoder", "num_blocks"), "patch_size": ("encoder", "patch_size"),
+               "norm": ("encoder", "norm"), "act": ("encoder", "act"), "arch": ("arch",), "dims": ("dims",),
+               "image_size": ("image_size",), "in_channels": ("in_channels",), "out_channels": ("out_channels",)}
+    for key, value in flags.items():
+        if value is None:
+            continue
+        path = mapping[key]
+        node = model
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value (e.g. encoder.block=res_conv), got {item!r}")
+        key, value = item.split("=", 1)
+        set_dotted(model, key.strip(), _parse_value(value))
+    if not model["encoder"]:
+        model.pop("encoder")
+    return model
+
+
+MODEL_OPTIONS = [
+    click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config (its model: section)."),
+    click.option("--encoder", help="Encoder family (see `flemme list encoders`). Default: cnn."),
+    click.option("--arch", help="Architecture (see `flemme list architectures`). Default: unet."),
+    click.option("--dims", type=int, help="2 or 3. Default: 2 (or the length of --image-size)."),
+    click.option("--image-size", "image_size", help="e.g. 128 or 96,128. Default: 128 per axis."),
+    click.option("--in-channels", "in_channels", type=int, help="Default: 1."),
+    click.option("--out-channels", "out_channels", type=int, help="Default: 2 (classes, or image channels)."),
+    click.option("--channels", help="Encoder widths per level, e.g. 32,64,128,256."),
+    click.option("--num-blocks", "num_blocks", type=int, help="Blocks per stage."),
+    click.option("--patch-size", "patch_size", type=int, help="Stride of the stem."),
+    click.option("--norm", help="batch | instance | group | layer | none."),
+    click.option("--act", help="Activation (relu, gelu, silu, ...)."),
+    click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                 help="Any model key, e.g. --set encoder.block=res_conv --set arch_options.supervised=true."),
+]
+
+
+def model_options(func):
+    for option in reversed(MODEL_OPTIONS):
+        func = option(func)
+    return func
+
+
+def _format_summary(s: dict[str, Any]) -> str:
+    cfg = s["config"]
+    enc = s["resolved_encoder"]
+    size = "×".join(map(str, cfg["image_size"]))
+    lines = [
+        f"model        {s['arch']} with encoder {s['encoder']} ({s['dims']}D, backend {s['backend']})",
+        f"image        {size}, {cfg['in_channels']} channel(s) in, {cfg['out_channels']} out",
+        f"parameters   {s['parameters']:,} ({s['trainable_parameters']:,} trainable; encoder {s['encoder_parameters']:,})",
+        f"input        {tuple(s['input_shape'])}",
+        "output       " + ", ".join(str(tuple(o)) for o in s["output_shapes"]),
+        f"encoder      channels {enc['channels']}, num_blocks {enc['num_blocks']}, patch_size {enc['patch_size']}, "
+        f"norm {enc['norm']}, act {enc['act']}" + (f", options {enc['options']}" if enc["options"] else ""),
+        "levels       (fine to coarse)",
+    ]
+    for lvl in s["levels"]:
+        shape = tuple(lvl["shape"]) if lvl["shape"] else "?"
+        lines.append(f"  {lvl['level']}  stride {lvl['stride']:>3}  channels {lvl['channels']:>4}  {shape}")
+    lines.append(f"total stride {s['total_stride']} (image sizes must be divisible by it)")
+    lines.append("versions     " + ", ".join(f"{k} {v}" for k, v in s["versions"].items()))
+    return "\n".join(lines)
+
+
+@main.command("build")
+@model_options
+@click.option("--batch-size", "batch_size", type=int, default=1, show_default=True, help="Dummy batch size.")
+@click.option("--save", "save_path", type=click.Path(dir_okay=False), help="Write the (initialised) model as safetensors.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def build_command(config_path, overrides, batch_size, save_path, as_json, **flags) -> None:
+    """Build a model, run one forward pass on a dummy batch and print a summary.
+
+    With only --encoder and --arch the defaults apply: 2D, 128×128, 1 channel in, 2 out.
+    """
+    model_dict = model_dict_from_cli(config_path, flags, overrides)
+    from .build import build_model, summarize
+    from .checkpoint import save_model
+
+    model = build_model(model_dict)
+    summary = summarize(model, batch_size)
+    if save_path:
+        save_model(model, save_path)
+        summary["saved_to"] = save_path
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        click.echo(_format_summary(summary))
+        if save_path:
+            click.echo(f"saved        {save_path}")
+
+
+@main.command("info")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the metadata as JSON.")
+def info_command(path: str, as_json: bool) -> None:
+    """Show the config, versions and parameter count stored in a checkpoint (no model is built)."""
+    from .checkpoint import read_metadata
+
+    meta = read_metadata(path)
+    if as_json:
+        click.echo(json.dumps(meta, indent=2))
+        return
+    cfg = meta["config"]
+    click.echo(f"file         {path} ({meta['file_bytes']:,} bytes, {meta['tensors']} tensors)")
+    click.echo(f"model        {cfg['arch']} with encoder {cfg['encoder']['name']} ({cfg['dims']}D)")
+    click.echo(f"parameters   {meta['parameters']:,}")
+    click.echo("versions     " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()))
+    click.echo("components   " + ", ".join(f"{k} <- {v}" for k, v in meta["components"].items()))
+    click.echo("config       " + json.dumps(cfg, sort_keys=True))
+    if meta["extra"]:
+        click.echo("extra        " + json.dumps(meta["extra"], sort_keys=True))
+
+
+def run() -> None:  # pragma: no cover - console entry for `python -m flemme_core`
+    main(prog_name="flemme")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
