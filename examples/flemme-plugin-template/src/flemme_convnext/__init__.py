@@ -1,0 +1,3 @@
+"""flemme-convnext: an example third-party encoder family for flemme."""
+
+__version__ = "0.1.0"
