@@ -54,7 +54,10 @@ def _encoder_builder(model: ModelConfig):
 def build_model(config: ModelConfig | Mapping[str, Any]) -> Architecture:
     """Build the configured architecture with the configured encoder family."""
     cfg = as_model_config(config)
-    factory = get_registry().get("architecture", cfg.arch).load()
+    registry = get_registry()
+    for item in cfg.loss or []:
+        registry.get("loss", item["name"])  # fail on a misspelt loss before building anything
+    factory = registry.get("architecture", cfg.arch).load()
     model = factory(cfg, _encoder_builder(cfg))
     if not isinstance(model, Architecture):
         raise PluginError(f"architecture {cfg.arch!r} returned {type(model).__name__}, "
