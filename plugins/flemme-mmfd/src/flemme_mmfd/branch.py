@@ -1,0 +1,116 @@
+"""One branch of the fusion encoder: a registered encoder with its own input view and weights."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from flemme_core.config import EncoderConfig
+from flemme_core.errors import ConfigError
+
+from .align import InputAdapter
+from .lora import add_lora
+from .options import BranchOptions, branch_encoder_config
+from .weights import LoadReport, load_into, read_safetensors, remap_keys
+
+
+class Branch(nn.Module):
+    """``adapter`` (normalise, channels, size) -> ``encoder`` (any family), optionally frozen + LoRA.
+
+    ``strides`` are the branch's level strides measured on the fused encoder's input
+    (they differ from the family's own when ``input_size`` resizes the image).
+    """
+
+    def __init__(self, index: int, opts: BranchOptions, family: dict[str, Any], parent: EncoderConfig):
+        super().__init__()
+        from flemme_core.build import build_encoder
+
+        base, ckpt_in = None, None
+        if opts.checkpoint:
+            from flemme_core.checkpoint import read_metadata
+
+            meta = read_metadata(opts.checkpoint)
+            base, ckpt_in = meta["config"]["encoder"], meta["config"].get("in_channels")
+            if meta["config"].get("dims", parent.dims) != parent.dims:
+                raise ConfigError(f"branch {index}: checkpoint {opts.checkpoint!r} is a "
+                                  f"{meta['config']['dims']}D model but this model is {parent.dims}D")
+        cfg = branch_encoder_config(family, base)
+        in_channels = opts.in_channels or ckpt_in or parent.in_channels
+        if in_channels != parent.in_channels and parent.in_channels != 1:
+            raise ConfigError(f"branch {index} takes {in_channels} input channels but images have "
+                              f"{parent.in_channels}; only 1-channel images are repeated to fit")
+        size = list(opts.input_size or parent.image_size)
+        if len(size) == 1:
+            size = size * parent.dims
+        if len(size) != parent.dims:
+            raise ConfigError(f"branch {index} input_size {size} must have {parent.dims} values")
+        cfg = dataclasses.replace(cfg, dims=parent.dims, in_channels=in_channels, image_size=size,
+                                  context_dim=parent.context_dim)
+        self.id = opts.id or cfg.name
+        self.family = cfg.name
+        self.encoder = build_encoder(cfg)
+        self.encoder.check_image_size(size)
+        if isinstance(opts.normalize, dict) and len(opts.normalize["mean"]) not in (1, in_channels):
+            raise ConfigError(f"branch {self.id}: normalize.mean has {len(opts.normalize['mean'])} values for "
+                              f"{in_channels} channels")
+        self.adapter = InputAdapter(opts.normalize, parent.in_channels, in_channels, opts.input_size)
+        self.report: LoadReport | None = None
+        path = opts.checkpoint or opts.weights
+        if path:
+            tensors, _ = read_safetensors(path)
+            prefix = opts.prefix if opts.prefix is not None else ("encoder." if opts.checkpoint else None)
+            state = remap_keys(tensors, opts.key_map, prefix)
+            self.report = load_into(self.encoder, state, f"branch {self.id} <- {path}", strict=opts.strict)
+        self.frozen = bool(opts.freeze)
+        if self.frozen:
+            for p in self.encoder.parameters():
+                p.requires_grad_(False)
+        self.lora_layers: list[str] = []
+        if opts.lora is not None:
+            self.lora_layers = add_lora(self.encoder, opts.lora.rank, opts.lora.alpha, opts.lora.targets)
+        scales = [p / s for p, s in zip(parent.image_size, size)]
+        if max(scales) - min(scales) > 1e-6:
+            raise ConfigError(f"branch {self.id}: input_size {size} rescales the axes of {parent.image_size} "
+                              f"unequally; keep the aspect ratio")
+        self.strides = [s * scales[0] for s in self.encoder.feature_strides]
+        levels = opts.levels
+        n = len(self.strides)
+        if levels == "all":
+            self.levels = list(range(n))
+        elif levels == "last":
+            self.levels = [n - 1]
+        else:
+            if any(not -n <= i < n for i in levels):
+                raise ConfigError(f"branch {self.id} levels {levels} out of range: it has {n} levels")
+            self.levels = sorted({i % n for i in levels})
+        self.align = opts.align
+
+    @property
+    def channels(self) -> list[int]:
+        return self.encoder.feature_channels
+
+    def anchor_stride(self) -> float:
+        """The finest stride this branch contributes."""
+        return min(self.strides[i] for i in self.levels)
+
+    def pick(self, stride: float) -> int:
+        """The contributed level nearest ``stride`` (in log scale; ties go to the finer level)."""
+        return min(self.levels, key=lambda i: (abs(math.log2(self.strides[i] / stride)), self.strides[i]))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> list[torch.Tensor]:
+        x = self.adapter(x)
+        if self.frozen and not self.lora_layers:
+            with torch.no_grad():
+                return self.encoder(x, context)
+        return self.encoder(x, context)
+
+    def train(self, mode: bool = True) -> Branch:
+        """A frozen branch keeps its normalisation statistics: it stays in eval mode."""
+        super().train(mode)
+        if self.frozen:
+            self.encoder.eval()
+        return self
