@@ -169,7 +169,7 @@ def _file_items(cfg: DataConfig, seed: int) -> tuple[list[dict], list[dict], str
         train, val = split_off_validation(train, cfg.val_fraction, seed)
         desc = f"{len(val)} of {len(train) + len(val)} cases of {where} (seeded random split, seed {seed})"
     else:
-        desc = f"the {len(val)} validation cases of {where}"
+        desc = f"the validation list ({len(val)} case(s)) of {where}"
     return train, val, desc
 
 

@@ -143,7 +143,8 @@ def build_transforms(parsed: Mapping[str, Mapping[str, Any]], *, dims: int, patc
     else:
         out.append(T.EnsureTyped(keys, track_meta=False))
     if "orientation" in parsed:
-        out.append(T.Orientationd(keys, axcodes=parsed["orientation"]["axcodes"]))
+        out.append(T.Orientationd(keys, axcodes=parsed["orientation"]["axcodes"],
+                                    labels=(("L", "R"), ("P", "A"), ("I", "S"))))
     if "spacing" in parsed:
         out.append(T.Spacingd(keys, pixdim=parsed["spacing"]["pixdim"], mode=interp))
     norm = parsed.get("normalize")
