@@ -28,6 +28,8 @@ def register_encoders(register) -> None:
     The factory is called as ``factory(config: EncoderConfig) -> Encoder`` and must
     return an object honouring :class:`flemme_core.encoder.Encoder` (multi-scale
     features fine to coarse, channels-first, plus the family's decoder blocks).
+    Metadata ``example={...}``: encoder options the smallest working example needs
+    (conformance tests build every family with ``channels: [16, 32]`` plus these).
     """
 
 

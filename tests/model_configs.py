@@ -4,8 +4,15 @@ from __future__ import annotations
 
 
 def tiny_model_config(encoder: str = "cnn", arch: str = "unet", dims: int = 2, size: int = 32, **extra):
-    """The smallest config every encoder family must accept (used by the family × arch matrix)."""
-    cfg = {"arch": arch, "encoder": {"name": encoder, "channels": [16, 32], "num_blocks": 1},
+    """The smallest config every encoder family must accept (used by the family × arch matrix).
+
+    A family that needs options to exist at all (a fusion of branches) declares them when it
+    registers: ``register(name, factory, description, example={...})``.
+    """
+    from flemme_core.registry import get_registry
+
+    example = get_registry().components("encoder")[encoder].metadata.get("example", {})
+    cfg = {"arch": arch, "encoder": {"name": encoder, "channels": [16, 32], "num_blocks": 1, **example},
            "dims": dims, "image_size": size, "in_channels": 1, "out_channels": 2}
     cfg.update(extra)
     return cfg
