@@ -1,0 +1,46 @@
+"""The VMamba block: x + SS(norm(x)), then x + MLP(norm(x)), each with drop-path.
+
+The context vector (diffusion time, class) is injected as ``x·(1 + W_g c) + W_b c`` into
+the normalised input of the selective-scan branch of every block.
+"""
+
+from __future__ import annotations
+
+import torch
+from monai.networks.blocks import MLPBlock
+from monai.networks.layers import DropPath
+from torch import nn
+
+from flemme_core import layers
+from flemme_core.encoder import ContextInjection
+
+from .ssm import SelectiveScanND
+from .tokens import TokenNorm
+
+
+class MambaBlock(nn.Module):
+    """One residual selective-scan block plus MLP on channels-last tokens ``(B, *S, width)``."""
+
+    def __init__(self, dims: int, width: int, *, d_state: int, expand: float, dt_rank: int | None,
+                 d_conv: int, scan: str, mlp_ratio: float, backend: str, norm: str, act: str,
+                 dropout: float, drop_path: float, context_dim: int | None):
+        super().__init__()
+        self.norm1 = TokenNorm(norm, dims, width)
+        self.ssm = SelectiveScanND(dims, width, d_state=d_state, expand=expand, dt_rank=dt_rank, d_conv=d_conv,
+                                   scan=scan, dropout=dropout, backend=backend)
+        self.context = ContextInjection(context_dim, width, channel_axis=-1) if context_dim else None
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.mlp: nn.Module | None = None
+        if mlp_ratio > 0:
+            self.norm2 = TokenNorm(norm, dims, width)
+            self.mlp = MLPBlock(width, max(1, int(width * mlp_ratio)), dropout, act="GELU", dropout_mode="vit")
+            self.mlp.fn = layers.act(act)
+
+    def forward(self, t: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.norm1(t)
+        if self.context is not None:
+            h = self.context(h, context)
+        t = t + self.drop_path(self.ssm(h))
+        if self.mlp is not None:
+            t = t + self.drop_path(self.mlp(self.norm2(t)))
+        return t

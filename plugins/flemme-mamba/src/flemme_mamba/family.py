@@ -1,0 +1,101 @@
+"""The ``mamba`` block family (VMamba / VMambaU): selective-scan blocks on every level.
+
+Patch embedding stem, :class:`~flemme_mamba.block.MambaBlock` stages, patch merging
+down and patch expansion up, in 2D and 3D; every architecture builds its decoder from
+the same blocks (a Mamba encoder gets a Mamba decoder).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from torch import nn
+
+from flemme_core import layers
+from flemme_core.config import EncoderConfig, choice
+from flemme_core.encoder import BlockFamily, StagedEncoder, staged_encoder
+from flemme_core.errors import ConfigError
+
+from .block import MambaBlock
+from .directions import SCAN_MODES
+from .scan import BACKENDS, describe_backend
+from .tokens import PatchExpansion, PatchMerging, PatchStem, TokenStage
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+@dataclasses.dataclass
+class MambaOptions:
+    d_state: int = 16             # N, the state size of every channel
+    expand: float = 2.0           # inner width / block width
+    dt_rank: Any = "auto"         # rank of the step-size projection; auto = ceil(width / 16)
+    d_conv: int = 3               # depthwise conv kernel before the scan (odd; 1 = pointwise)
+    scan: str = "cross+flip"      # single | single+flip | cross | cross+flip
+    mlp_ratio: float = 4.0        # MLP hidden width / block width after each scan; 0 = no MLP
+    backend: str = "auto"         # auto | mamba_ssm | cpp | torch (see flemme_mamba.scan)
+
+    def validate(self) -> None:
+        if not _positive_int(self.d_state) or self.d_state > 256:
+            raise ConfigError(f"model.encoder.d_state must be an integer in 1..256, got {self.d_state!r}")
+        if self.expand <= 0:
+            raise ConfigError(f"model.encoder.expand must be positive, got {self.expand}")
+        if self.dt_rank != "auto" and not _positive_int(self.dt_rank):
+            raise ConfigError(f"model.encoder.dt_rank must be 'auto' or a positive integer, got {self.dt_rank!r}")
+        if self.d_conv < 1 or self.d_conv % 2 == 0:
+            raise ConfigError(f"model.encoder.d_conv must be odd and positive (same-size conv), got {self.d_conv}")
+        choice(self.scan, SCAN_MODES, "model.encoder.scan")
+        if self.mlp_ratio < 0:
+            raise ConfigError(f"model.encoder.mlp_ratio must be >= 0 (0 = no MLP), got {self.mlp_ratio}")
+        choice(self.backend, BACKENDS, "model.encoder.backend")
+
+
+class MambaFamily(BlockFamily):
+    """VMamba blocks on channels-last tokens; patch merging / expansion between levels."""
+
+    name = "mamba"
+    Options = MambaOptions
+    defaults: ClassVar[dict[str, Any]] = {"channels": [32, 64, 128, 256], "num_blocks": 2, "patch_size": 2,
+                                          "norm": "layer", "act": "gelu"}
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__(cfg)
+        layers.norm(cfg.norm, cfg.dims, 8)  # unknown names -> ConfigError with close matches
+        layers.act(cfg.act)
+
+    def block(self, width: int, drop_path: float) -> MambaBlock:
+        o, c = self.options, self.cfg
+        return MambaBlock(self.dims, width, d_state=o.d_state, expand=o.expand,
+                          dt_rank=None if o.dt_rank == "auto" else o.dt_rank, d_conv=o.d_conv, scan=o.scan,
+                          mlp_ratio=o.mlp_ratio, backend=o.backend, norm=c.norm, act=c.act, dropout=c.dropout,
+                          drop_path=drop_path, context_dim=c.context_dim)
+
+    def stem(self, in_channels: int, out_channels: int, patch_size: int) -> nn.Module:
+        return PatchStem(self.dims, in_channels, out_channels, patch_size, self.cfg.norm)
+
+    def stage(self, in_channels: int, out_channels: int, num_blocks: int,
+              drop_path: Sequence[float] = ()) -> nn.Module:
+        rates = list(drop_path) or [0.0] * num_blocks
+        return TokenStage(in_channels, out_channels, [self.block(out_channels, rates[i]) for i in range(num_blocks)])
+
+    def down(self, in_channels: int, out_channels: int, factor: int = 2) -> nn.Module:
+        return PatchMerging(self.dims, in_channels, out_channels, factor, self.cfg.norm)
+
+    def up(self, in_channels: int, out_channels: int, factor: int = 2) -> nn.Module:
+        return PatchExpansion(self.dims, in_channels, out_channels, factor, self.cfg.norm)
+
+
+_staged = staged_encoder(MambaFamily)
+
+
+def encoder(cfg: EncoderConfig) -> StagedEncoder:
+    """The registered factory: the staged encoder, with the scan kernel it runs as ``backend``."""
+    enc = _staged(cfg)
+    enc.backend = describe_backend(enc.blocks.options.backend)
+    return enc
+
+
+encoder.family = MambaFamily  # type: ignore[attr-defined]

@@ -1,0 +1,105 @@
+"""The selective scan and the choice of kernel.
+
+``selective_scan`` has the contract of mamba-ssm's ``selective_scan_fn`` (same argument
+names and layouts, B/C grouped per scan direction) and picks a backend per call:
+
+* ``mamba_ssm``: mamba-ssm's CUDA kernel, when it imports and the tensors are on CUDA;
+* ``cpp``: this plugin's C++ kernel, for CPU tensors (compiled on first use);
+* ``torch``: the pure-PyTorch chunked scan, anywhere (no compiler, or CUDA without mamba-ssm).
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from typing import Any
+
+import torch
+
+from flemme_core.config import choice
+
+BACKENDS = ("auto", "mamba_ssm", "cpp", "torch")
+
+
+@functools.lru_cache(maxsize=1)
+def mamba_ssm_scan() -> Any:
+    """mamba-ssm's ``selective_scan_fn`` if it imports (it needs CUDA), else None."""
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    except Exception:  # noqa: BLE001 - missing, or installed without working CUDA extensions
+        return None
+    return selective_scan_fn
+
+
+@functools.lru_cache(maxsize=1)
+def cpp_problem() -> str:
+    """Why the C++ kernel cannot be used here ('' when it can); builds it on first call."""
+    from .build import kernel_problem
+
+    return kernel_problem()
+
+
+def select_backend(device: torch.device | str, requested: str = "auto") -> str:
+    """The backend a call on ``device`` uses; an explicit request is honoured or refused."""
+    from flemme_core.errors import ConfigError
+
+    choice(requested, BACKENDS, "model.encoder.backend")
+    device = torch.device(device)
+    if requested == "mamba_ssm":
+        if mamba_ssm_scan() is None or device.type != "cuda":
+            raise ConfigError("backend 'mamba_ssm' needs CUDA tensors and mamba-ssm; "
+                              "pip install 'flemme-mamba[cuda]' or use backend: auto")
+        return requested
+    if requested == "cpp":
+        problem = cpp_problem()
+        if device.type != "cpu" or problem:
+            raise ConfigError(f"backend 'cpp' runs on CPU tensors with a C++ compiler "
+                              f"({problem or 'tensors are on ' + device.type}); use backend: auto")
+        return requested
+    if requested == "torch":
+        return requested
+    if device.type == "cuda" and mamba_ssm_scan() is not None:
+        return "mamba_ssm"
+    if device.type == "cpu":
+        problem = cpp_problem()
+        if not problem:
+            return "cpp"
+        _warn_once(f"flemme-mamba: the C++ scan kernel is unavailable ({problem}); "
+                   f"using the slower pure-PyTorch scan")
+    return "torch"
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(message: str) -> None:
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def describe_backend(requested: str = "auto") -> str:
+    """One line for the build summary: what runs on CPU and on CUDA."""
+    if requested != "auto":
+        return {"mamba_ssm": "mamba-ssm CUDA kernel", "cpp": "flemme C++ CPU scan",
+                "torch": "PyTorch chunked scan"}[requested]
+    cpu = "flemme C++ CPU scan" if not cpp_problem() else "PyTorch chunked scan (no C++ kernel)"
+    cuda = "mamba-ssm" if mamba_ssm_scan() is not None else "PyTorch chunked scan (mamba-ssm not installed)"
+    return f"cpu: {cpu}; cuda: {cuda}"
+
+
+def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                   D: torch.Tensor | None = None, z: torch.Tensor | None = None,
+                   delta_bias: torch.Tensor | None = None, delta_softplus: bool = False,
+                   backend: str = "auto") -> torch.Tensor:
+    """out = scan over L of h_t = exp(dt A) h_{t-1} + dt B_t u_t, y = C_t . h_t + D u (times silu(z)).
+
+    u, delta, z: (batch, K*D, L); A: (K*D, N); B, C: (batch, K, N, L) (or (batch, N, L));
+    D, delta_bias: (K*D,); dt = softplus(delta + delta_bias) when ``delta_softplus``.
+    """
+    name = select_backend(u.device, backend)
+    if name == "mamba_ssm":
+        return mamba_ssm_scan()(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    if name == "cpp":
+        from .cpu import selective_scan_cpp
+
+        return selective_scan_cpp(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    from .torch_scan import selective_scan_torch
+
+    return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus)

@@ -1,0 +1,138 @@
+"""Compile the CPU scan kernel on first use and cache the shared library.
+
+The kernel is plain C++ with a C ABI (no torch headers), compiled by the system C++
+compiler in about a second and loaded with :mod:`ctypes`; a torch extension would spend
+40-50 s compiling its headers on every cold CI run. The library is cached under
+``$FLEMME_MAMBA_CACHE`` (default ``~/.cache/flemme_mamba``) in a folder named by a hash of
+the source, the flags, the compiler and the CPU, so a changed source or a different
+machine sharing the home folder never loads a stale or illegal build.
+
+``FLEMME_MAMBA_NO_CPP=1`` skips the kernel (the pure-PyTorch scan is used instead).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+SOURCE = Path(__file__).with_name("csrc") / "selective_scan.cpp"
+ABI_VERSION = 2
+BASE_FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno"]
+ARCH_FLAGS = ["-march=native"]
+
+
+class KernelUnavailable(RuntimeError):
+    """The C++ kernel cannot be built or loaded here (no compiler, build error, ...)."""
+
+
+class ScanArgs(ctypes.Structure):
+    """Mirror of ``struct ScanArgs`` in selective_scan.cpp."""
+
+    _fields_ = [(name, ctypes.c_void_p) for name in (
+        "u", "dt", "A", "B", "C", "D", "out", "ckpt", "dout", "du", "ddt", "dA", "dD", "dB", "dC")] + [
+        (name, ctypes.c_int64) for name in ("batch", "channels", "groups", "length", "dstate", "chunk", "nthreads")]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("FLEMME_MAMBA_CACHE") or Path.home() / ".cache" / "flemme_mamba")
+
+
+def find_compiler() -> str | None:
+    """The C++ compiler to use: ``$CXX``, else c++, g++ or clang++ on the PATH."""
+    for name in [os.environ.get("CXX", ""), "c++", "g++", "clang++"]:
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _cpu_signature() -> str:
+    """What -march=native depends on: the CPU model and flags."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        lines = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags", "Features"))]
+        return "\n".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor() + platform.machine()
+
+
+def _compiler_version(cxx: str) -> str:
+    try:
+        return subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _compile(cxx: str, flags: list[str], target: Path) -> str:
+    """Compile to a temporary file then rename, so concurrent builds never see half a library."""
+    fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=target.parent)
+    os.close(fd)
+    cmd = [cxx, *flags, str(SOURCE), "-o", tmp]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            return f"{' '.join(cmd)} failed: {proc.stderr.strip()[-2000:]}"
+        os.replace(tmp, target)
+        return ""
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"{' '.join(cmd)} failed: {exc}"
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _load(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
+    if lib.flemme_scan_abi_version() != ABI_VERSION:
+        raise KernelUnavailable(f"{path} has a different ABI version; delete {path.parent}")
+    for name in ("flemme_scan_fwd_f32", "flemme_scan_fwd_f64", "flemme_scan_bwd_f32", "flemme_scan_bwd_f64"):
+        fn = getattr(lib, name)
+        fn.argtypes = [ctypes.POINTER(ScanArgs)]
+        fn.restype = ctypes.c_int
+    return lib
+
+
+@functools.lru_cache(maxsize=1)
+def load_kernel() -> ctypes.CDLL:
+    """Build (once per source, compiler and CPU) and load the kernel, or raise KernelUnavailable."""
+    if os.environ.get("FLEMME_MAMBA_NO_CPP", "").lower() in ("1", "true", "yes"):
+        raise KernelUnavailable("disabled by FLEMME_MAMBA_NO_CPP")
+    cxx = find_compiler()
+    if cxx is None:
+        raise KernelUnavailable("no C++ compiler found (set CXX or install g++)")
+    source = SOURCE.read_bytes()
+    errors = []
+    for flags in (BASE_FLAGS + ARCH_FLAGS, BASE_FLAGS):  # -march=native may be unsupported
+        key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), _compiler_version(cxx).encode(),
+                                         _cpu_signature().encode()])).hexdigest()[:16]
+        folder = cache_dir() / key
+        target = folder / "selective_scan.so"
+        if not target.exists():
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise KernelUnavailable(f"cannot create the kernel cache {folder}: {exc}") from None
+            problem = _compile(cxx, flags, target)
+            if problem:
+                errors.append(problem)
+                continue
+        try:
+            return _load(target)
+        except OSError as exc:
+            errors.append(f"loading {target} failed: {exc}")
+    raise KernelUnavailable("; ".join(errors))
+
+
+def kernel_problem() -> str:
+    """Why the kernel is unavailable, or '' when it loads (builds it if needed)."""
+    try:
+        load_kernel()
+    except KernelUnavailable as exc:
+        return str(exc)
+    return ""

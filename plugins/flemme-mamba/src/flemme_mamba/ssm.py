@@ -1,0 +1,80 @@
+"""The selective-scan mixer of a VMamba block (SS2D, and its 3D form).
+
+in_proj to 2 × inner (x, gate z) -> depthwise conv + SiLU on x -> K scan sequences ->
+per-direction projections to (dt, B, C) -> one selective scan over all directions ->
+un-flip / un-permute and sum -> LayerNorm -> × SiLU(z) -> out_proj.
+
+Parameters keep mamba-ssm's / VMamba's layouts so that one safetensors file serves every
+backend (mamba-ssm CUDA, the C++ CPU kernel, the PyTorch scan): ``x_proj_weight``
+(K, dt_rank + 2N, inner), ``dt_projs_weight`` (K, inner, dt_rank), ``dt_projs_bias``
+(K, inner), ``A_log`` (K·inner, N), ``D`` (K·inner).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flemme_core import layers
+
+from .directions import Directions
+from .scan import selective_scan
+
+
+def dt_bias_init(size: tuple[int, ...], dt_min: float = 1e-3, dt_max: float = 0.1,
+                 floor: float = 1e-4) -> torch.Tensor:
+    """Mamba's dt init: softplus(bias) is log-uniform in [dt_min, dt_max] (at least ``floor``)."""
+    dt = torch.exp(torch.rand(size) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=floor)
+    return dt + torch.log(-torch.expm1(-dt))  # inverse of softplus
+
+
+def a_log_init(channels: int, d_state: int) -> torch.Tensor:
+    """S4D-real: A = -(1, 2, ..., N) for every channel, stored as log(-A)."""
+    return torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(channels, 1)
+
+
+class SelectiveScanND(nn.Module):
+    """SS2D / SS3D on channels-last tokens ``(B, *S, width)``."""
+
+    def __init__(self, dims: int, width: int, *, d_state: int = 16, expand: float = 2.0,
+                 dt_rank: int | None = None, d_conv: int = 3, scan: str = "cross+flip",
+                 dropout: float = 0.0, backend: str = "auto"):
+        super().__init__()
+        inner = max(1, int(expand * width))
+        rank = dt_rank or math.ceil(width / 16)
+        self.directions = Directions(dims, scan)
+        k = len(self.directions)
+        self.inner, self.rank, self.d_state, self.backend = inner, rank, d_state, backend
+        self.in_proj = nn.Linear(width, 2 * inner, bias=False)
+        self.conv = layers.conv(dims, inner, inner, kernel_size=d_conv, groups=inner)
+        bound = inner ** -0.5  # nn.Linear's default init, per direction
+        self.x_proj_weight = nn.Parameter(torch.empty(k, rank + 2 * d_state, inner).uniform_(-bound, bound))
+        std = rank ** -0.5
+        self.dt_projs_weight = nn.Parameter(torch.empty(k, inner, rank).uniform_(-std, std))
+        self.dt_projs_bias = nn.Parameter(dt_bias_init((k, inner)))
+        self.A_log = nn.Parameter(a_log_init(k * inner, d_state))
+        self.D = nn.Parameter(torch.ones(k * inner))
+        self.out_norm = nn.LayerNorm(inner)
+        self.out_proj = nn.Linear(inner, width, bias=False)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        b, *spatial, _ = t.shape
+        x, z = self.in_proj(t).chunk(2, dim=-1)
+        x = F.silu(self.conv(x.movedim(-1, 1)))                      # (B, inner, *S)
+        xs = self.directions.split(x)                                # (B, K, inner, L)
+        k, length = xs.shape[1], xs.shape[-1]
+        x_dbl = torch.matmul(self.x_proj_weight, xs)                 # (B, K, R + 2N, L)
+        dts, Bs, Cs = x_dbl.split([self.rank, self.d_state, self.d_state], dim=2)
+        dts = torch.matmul(self.dt_projs_weight, dts)                # (B, K, inner, L)
+        y = selective_scan(
+            xs.reshape(b, k * self.inner, length), dts.reshape(b, k * self.inner, length),
+            -torch.exp(self.A_log.float()), Bs.contiguous(), Cs.contiguous(), self.D.float(),
+            delta_bias=self.dt_projs_bias.reshape(-1).float(), delta_softplus=True, backend=self.backend)
+        y = self.directions.merge(y.reshape(b, k, self.inner, length), spatial)   # (B, inner, L)
+        y = y.transpose(1, 2).reshape(b, *spatial, self.inner).to(t.dtype)
+        y = self.out_norm(y) * F.silu(z)
+        return self.dropout(self.out_proj(y))
