@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DataError
+from .io import quiet_readers
 
 
 @dataclass
@@ -86,7 +87,8 @@ def check_files(items: Sequence[dict[str, str]], *, num_classes: int, check_valu
     """Read every image/label pair with MONAI (as training will) and check shapes, affines and values."""
     from monai.transforms import LoadImage
 
-    loader = LoadImage(image_only=True, ensure_channel_first=True)
+    with quiet_readers():
+        loader = LoadImage(image_only=True, ensure_channel_first=True)
     facts: list[ItemFacts] = []
     for item in items:
         img_path, lab_path = Path(item["image"]), Path(item["label"]) if "label" in item else None

@@ -9,6 +9,9 @@ oriented like the input.
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,15 @@ from .errors import DataError
 from .sources import stem
 
 PIL_FORMATS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+@contextlib.contextmanager
+def quiet_readers() -> Iterator[None]:
+    """Hide MONAI's 'nvImageCodec ... falling back to pydicom' warning (printed whenever pydicom is
+    installed without the GPU codec; the fallback is what we want)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
+        yield
 
 
 @dataclass
@@ -56,7 +68,8 @@ def read_image(path: str | Path) -> ImageFile:
     if not path.exists():
         raise DataError(f"image {path} not found; check the path")
     try:
-        img = LoadImage(image_only=True, ensure_channel_first=True)(str(path))
+        with quiet_readers():
+            img = LoadImage(image_only=True, ensure_channel_first=True)(str(path))
     except Exception as exc:  # noqa: BLE001 - any reader failure is a bad-input message
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"cannot read image {path}: {first[:200]}; convert it to NIfTI or PNG, or install "

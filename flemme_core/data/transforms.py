@@ -133,13 +133,15 @@ def build_transforms(parsed: Mapping[str, Mapping[str, Any]], *, dims: int, patc
     import torch
     from monai import transforms as T
 
+    from .io import quiet_readers
     from .recon import KspaceUndersampled, NoisyPair, PerItemSeeded
 
     keys = ["image", "label"] if has_label else ["image"]
     interp = ["bilinear", "nearest"][: len(keys)]
     out: list[Any] = []
     if from_files:
-        out += [T.LoadImaged(keys, image_only=True), T.EnsureChannelFirstd(keys)]
+        with quiet_readers():
+            out += [T.LoadImaged(keys, image_only=True), T.EnsureChannelFirstd(keys)]
     else:
         out.append(T.EnsureTyped(keys, track_meta=False))
     if "orientation" in parsed:
