@@ -14,7 +14,7 @@ from flemme_core.errors import ConfigError
 
 from .align import InputAdapter
 from .lora import add_lora
-from .options import BranchOptions, branch_encoder_config
+from .options import BRANCH_KEYS, BranchOptions, branch_encoder_config
 from .weights import LoadReport, load_into, read_safetensors, remap_keys
 
 
@@ -52,7 +52,10 @@ class Branch(nn.Module):
                                   context_dim=parent.context_dim)
         self.id = opts.id or cfg.name
         self.family = cfg.name
-        self.encoder = build_encoder(cfg)
+        try:
+            self.encoder = build_encoder(cfg)
+        except ConfigError as exc:
+            raise ConfigError(f"model.encoder.branches[{index}] ({cfg.name}): {exc}{_fusion_key_hint(family)}") from None
         self.encoder.check_image_size(size)
         if isinstance(opts.normalize, dict) and len(opts.normalize["mean"]) not in (1, in_channels):
             raise ConfigError(f"branch {self.id}: normalize.mean has {len(opts.normalize['mean'])} values for "
@@ -114,3 +117,14 @@ class Branch(nn.Module):
         if self.frozen:
             self.encoder.eval()
         return self
+
+
+def _fusion_key_hint(family: dict[str, Any]) -> str:
+    """A misspelt fusion key (``frezee``) reaches the family as an unknown option: name the right one."""
+    import difflib
+
+    for key in family:
+        close = difflib.get_close_matches(str(key), BRANCH_KEYS, n=1, cutoff=0.75)
+        if close:
+            return f"; if {key!r} was meant for the fusion, did you mean {close[0]!r}?"
+    return ""

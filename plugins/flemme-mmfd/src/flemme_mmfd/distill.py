@@ -139,7 +139,9 @@ class Distill(Architecture):
                                   f"this model is {config.dims}D {config.in_channels}->{config.out_channels}")
         else:
             teacher_cfg = encoder_config_from_dict(opts.teacher)
-            self.teacher = inner(inner_cfg, lambda **kw: build_encoder(**{"encoder": teacher_cfg, **kw}))
+            # The teacher's own config names its encoder, so it can be saved and reused on its own.
+            self.teacher = inner(dataclasses.replace(inner_cfg, encoder=teacher_cfg),
+                                 lambda **kw: build_encoder(**{"encoder": teacher_cfg, **kw}))
         self.task = self.student.task
         self.default_loss = list(self.student.default_loss)
         # What each side may train when its stage comes (frozen branches stay frozen).

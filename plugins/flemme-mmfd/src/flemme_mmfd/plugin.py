@@ -9,7 +9,8 @@ _FUSIONS = "flemme_mmfd.fusions"
 def register_encoders(register) -> None:
     register("mmfd", "flemme_mmfd.encoder:FusionEncoder",
              "fusion of N registered encoders (any family, local safetensors weights, frozen, LoRA): "
-             "per-branch normalisation, channel + spatial alignment to an anchor grid, a fusion strategy")
+             "per-branch normalisation, channel + spatial alignment to an anchor grid, a fusion strategy",
+             example={"branches": [{"name": "cnn", "channels": [8, 16]}, {"name": "cnn", "channels": [8, 16, 32]}]})
 
 
 @hookimpl

@@ -1,0 +1,166 @@
+"""The distill architecture: stages, freezing, distillation losses; fusions under every architecture."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from mmfd_testutil import probe
+
+from flemme_core import build_model, save_model
+from flemme_core.errors import ConfigError
+from flemme_core.losses import build_loss
+from flemme_core.registry import get_registry
+from flemme_mmfd.distill import logit_distillation
+
+CNN = {"name": "cnn", "channels": [8, 16], "norm": "group"}
+TEACHER = {"name": "mmfd", "branches": [{**CNN, "freeze": True, "lora": {"targets": ["conv"], "rank": 2}},
+                                        {"name": "cnn", "channels": [8, 16, 24], "norm": "group"}],
+           "fusion": "gated"}
+
+
+def distill(**options):
+    return build_model({"arch": "distill", "image_size": [32, 32], "encoder": {"name": "cnn", "channels": [4, 8],
+                                                                               "norm": "group"},
+                        "arch_options": {"teacher": TEACHER, **options}})
+
+
+def batch(n=2):
+    torch.manual_seed(1)
+    return {"image": torch.randn(n, 1, 32, 32), "label": torch.randint(0, 2, (n, 1, 32, 32))}
+
+
+def criterion(model):
+    return build_loss(model.default_loss, model.config.out_channels, model.config.dims)
+
+
+def grads(module):
+    return {n: p.grad for n, p in module.named_parameters()}
+
+
+def test_stage_one_trains_teacher_except_frozen_branches():
+    model = distill()
+    assert model.training_stages() == ["teacher", "student"]
+    model.begin_stage("teacher")
+    model.train()
+    loss, _ = model.training_loss(batch(), criterion(model))
+    loss.backward()
+    frozen = model.teacher.encoder.branches[0]
+    for n, p in frozen.named_parameters():
+        assert (p.grad is not None) == (".lora_" in n), n
+    assert all(g is not None for n, g in grads(model.teacher).items() if "branches.0." not in n)
+    assert all(g is None for g in grads(model.student).values())
+    assert all(g is None for g in grads(model.projectors).values())
+
+
+def test_teacher_gets_no_gradient_in_stage_two():
+    model = distill(logit_weight=1.0)
+    model.begin_stage("student")
+    model.train()
+    assert not model.teacher.training and model.student.training
+    loss, logs = model.training_loss(batch(), criterion(model))
+    loss.backward()
+    assert set(logs) >= {"task", "feature", "logit"} and logs["feature"] > 0
+    assert all(g is None for g in grads(model.teacher).values())
+    assert all(not p.requires_grad for p in model.teacher.parameters())
+    assert all(g is not None for g in grads(model.student).values())
+    assert any(g is not None for g in grads(model.projectors).values())
+    # a later stage-1 restart restores exactly what the teacher may train
+    model.begin_stage("teacher")
+    assert {n for n, p in model.teacher.named_parameters() if p.requires_grad} == \
+        {n for n, t in model._trainable["teacher"].items() if t}
+
+
+def test_distillation_loss_is_zero_when_student_equals_teacher():
+    model = build_model({"arch": "distill", "image_size": [32, 32], "encoder": CNN,
+                         "arch_options": {"teacher": CNN, "logit_weight": 1.0, "task_weight": 0.0}})
+    model.student.load_state_dict(model.teacher.state_dict())
+    assert all(isinstance(p, torch.nn.Identity) for p in model.projectors)
+    model.begin_stage("student")
+    model.train()
+    loss, logs = model.training_loss(batch(), criterion(model))
+    assert logs["feature"] == 0.0 and abs(logs["logit"]) < 1e-6 and abs(float(loss.detach())) < 1e-6
+
+
+def test_feature_loss_matches_a_manual_reference():
+    model = distill(feature_levels="last")
+    model.begin_stage("student")
+    model.eval()
+    b = batch()
+    _, logs = model.training_loss(b, criterion(model))
+    with torch.no_grad():
+        t = model.teacher.encoder(b["image"])[-1]
+        (ti, si), = model.pairs
+        s = model.projectors[0](model.student.encoder(b["image"])[si])
+        s = F.interpolate(s, size=t.shape[2:], mode="bilinear", align_corners=False) \
+            if s.shape[-1] < t.shape[-1] else F.adaptive_avg_pool2d(s, t.shape[2:])
+    assert ti == len(model.teacher.encoder.feature_strides) - 1
+    assert logs["feature"] == pytest.approx(float(F.mse_loss(s, t)), rel=1e-5)
+
+
+def test_logit_distillation_against_reference():
+    torch.manual_seed(0)
+    s, t = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    temp = 2.0
+    p_t = torch.softmax(t / temp, 1)
+    ref = (p_t * (p_t.log() - torch.log_softmax(s / temp, 1))).sum(1).mean() * temp ** 2
+    assert float(logit_distillation(s, t, temp, "segmentation")) == pytest.approx(float(ref), rel=1e-5)
+    s1, t1 = s[:, :1], t[:, :1]
+    p = torch.sigmoid(t1 / temp)
+    q = torch.sigmoid(s1 / temp)
+    ref1 = (p * (p / q).log() + (1 - p) * ((1 - p) / (1 - q)).log()).mean() * temp ** 2
+    assert float(logit_distillation(s1, t1, temp, "segmentation")) == pytest.approx(float(ref1), rel=1e-4)
+    assert float(logit_distillation(t, t, temp, "segmentation")) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_predict_is_the_student_and_teacher_checkpoint_skips_stage_one(tmp_path):
+    model = distill()
+    x = torch.randn(1, 1, 32, 32)
+    model.eval()
+    assert torch.equal(model.predict(x), model.student.predict(x))
+    assert model.encoder is model.student.encoder
+    assert not any(k.startswith("encoder.") for k in model.state_dict())  # the student encoder is stored once
+    teacher_path = save_model(model.teacher, tmp_path / "teacher.safetensors")
+    second = build_model({"arch": "distill", "image_size": [32, 32], "encoder": CNN,
+                          "arch_options": {"teacher_checkpoint": str(teacher_path)}})
+    assert second.training_stages() == ["student"]
+    second.eval()
+    assert torch.equal(second.teacher.predict(x), model.teacher.predict(x))
+
+
+def test_distill_option_mistakes():
+    with pytest.raises(ConfigError, match="exactly one of teacher"):
+        build_model({"arch": "distill", "image_size": [32, 32], "encoder": CNN})
+    with pytest.raises(ConfigError, match="stages"):
+        distill(stages=["student", "teacher"])
+    with pytest.raises(ConfigError, match="feature_levels"):
+        distill(feature_levels=[7])
+    with pytest.raises(ConfigError, match="not 'main'"):
+        distill().begin_stage("main")
+
+
+def _architectures():
+    names = ["unet", "ae"]
+    if "hunet" in get_registry().components("architecture"):
+        names.append("hunet")
+    return names
+
+
+@pytest.mark.parametrize("arch", _architectures())
+@pytest.mark.parametrize("fusion", ["sum", "concat", "gated", "share_token", "max"])
+def test_every_fusion_with_every_architecture(arch, fusion):
+    encoder = {"name": "mmfd", "branches": [{**CNN, "channels": [8, 16, 32]}, probe(8, 24)], "fusion": fusion,
+               "channels": [8, 16, 16]}
+    if fusion == "share_token":
+        encoder["fusion_options"] = {"num_tokens": 4, "depth": 1}
+    model = build_model({"arch": arch, "image_size": [32, 32], "out_channels": 1 if arch == "ae" else 2,
+                         "encoder": encoder})
+    b = batch()
+    if arch == "ae":
+        b["label"] = b["image"]
+    model.train()
+    loss, _ = model.training_loss(b, criterion(model))
+    loss.backward()
+    assert torch.isfinite(loss)
+    out = model.predict(b["image"])
+    assert out.shape[2:] == (32, 32)
