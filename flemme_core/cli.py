@@ -232,6 +232,17 @@ def info_command(path: str, as_json: bool) -> None:
         click.echo("extra        " + json.dumps(meta["extra"], sort_keys=True))
 
 
+from .cli_sample import sample  # noqa: E402 - generative models (flemme-diffusion); imports click only
+
+main.add_command(sample)
+
+from .cli_train import eval_command, predict_command, train_command  # noqa: E402 - imports click only
+
+main.add_command(train_command)
+main.add_command(eval_command)
+main.add_command(predict_command)
+
+
 def run() -> None:  # pragma: no cover - console entry for `python -m flemme_core`
     main(prog_name="flemme")
 
