@@ -95,6 +95,10 @@ def _ap_halves(image: np.ndarray, label: np.ndarray, mask: np.ndarray, affine: n
     return tuple(post), tuple(ant), cut, axis
 
 
+def _box(region: tuple[slice, ...], shape: tuple[int, ...]) -> list[list[int]]:
+    return [list(sl.indices(n)[:2]) for sl, n in zip(region, shape)]
+
+
 def mni152_tissue_3d(resolution: int = 2) -> DatasetSplits:
     """MNI152 T1 volume, 4-class tissue labels; posterior half trains, anterior half is held out."""
     image, label, mask, affine = _mni152(resolution, "mni152-tissue-3d")
@@ -107,6 +111,7 @@ def mni152_tissue_3d(resolution: int = 2) -> DatasetSplits:
         held_out_description=(f"anterior half of MNI152 {resolution} mm (array axis {axis} index >= {cut}, "
                               f"the middle of the brain mask's extent); trained on the posterior half"),
         patch_size=(64, 48, 64) if resolution == 2 else (96, 96, 96), source=NILEARN_SOURCE,
+        train_where=[{"box": _box(post, mask.shape)}], held_out_where=[{"box": _box(ant, mask.shape)}],
     )
 
 
@@ -128,6 +133,8 @@ def mni152_tissue_2d(resolution: int = 2) -> DatasetSplits:
         held_out_description=(f"anterior half (y index >= {cut}) of {len(slices)} axial slices of MNI152 "
                               f"{resolution} mm; trained on the posterior halves of the same slices"),
         patch_size=(96, 48) if resolution == 2 else (192, 96), source=NILEARN_SOURCE,
+        train_where=[{"box": _box(post, mask.shape)[:2], "z": z} for z in slices],
+        held_out_where=[{"box": _box(ant, mask.shape)[:2], "z": z} for z in slices],
     )
 
 
@@ -149,6 +156,8 @@ def stardist_nuclei_2d() -> DatasetSplits:
         name="stardist-nuclei-2d", train=[items["top-left"], items["top-right"], items["bottom-left"]],
         held_out=[items["bottom-right"]], num_classes=2, dims=2, task="segmentation", spacing=(1.0, 1.0),
         class_names=["background", "nucleus"], patch_size=(128, 128), source=STARDIST_SOURCE,
+        train_where=[{"box": _box(quads[k], image.shape)} for k in ("top-left", "top-right", "bottom-left")],
+        held_out_where=[{"box": _box(quads["bottom-right"], image.shape)}],
         held_out_description=(f"bottom-right {h}x{w} quadrant (rows >= {h}, cols >= {w}) of the 2D nuclei "
                               "image; trained on the other three quadrants"),
     )
@@ -164,7 +173,8 @@ def stardist_nuclei_3d(cut: int = 40) -> DatasetSplits:
     return DatasetSplits(
         name="stardist-nuclei-3d", train=train, held_out=held, num_classes=2, dims=3, task="segmentation",
         spacing=(1.0, 1.0, 1.0), class_names=["background", "nucleus"], patch_size=(16, 32, 32),
-        source=STARDIST_SOURCE,
+        source=STARDIST_SOURCE, train_where=[{"box": [[0, image.shape[0]], [0, cut], [0, image.shape[2]]]}],
+        held_out_where=[{"box": [[0, image.shape[0]], [cut, image.shape[1]], [0, image.shape[2]]]}],
         held_out_description=(f"y >= {cut} slab ({image.shape[0]}x{image.shape[1] - cut}x{image.shape[2]}) of the "
                               f"3D nuclei volume (axes z, y, x); trained on y < {cut}"),
     )
@@ -206,7 +216,8 @@ def colin27_aal_2d(skull_stripped: bool = True) -> DatasetSplits:
     return DatasetSplits(
         name="colin27-aal-2d", train=take(tr), held_out=take(ho), num_classes=len(values), dims=2,
         task="segmentation", spacing=(1.0, 1.0), affine=np.asarray(t1.affine), class_names=names,
-        patch_size=(128, 128), source=COLIN_SOURCE,
+        patch_size=(128, 128), source=COLIN_SOURCE, train_where=[{"z": z} for z in tr],
+        held_out_where=[{"z": z} for z in ho],
         held_out_description=(f"{len(ho)} axial slices with z mod 10 == 8 of Colin27; trained on {len(tr)} slices "
                               "with z mod 10 in 0..6 (7 and 9 unused guard bands)"),
     )
@@ -244,6 +255,7 @@ def colin27_t1_2d(fallback: bool = True) -> DatasetSplits:
     return DatasetSplits(
         name="colin27-t1-2d", train=take(tr), held_out=take(ho), num_classes=0, dims=2, task="reconstruction",
         spacing=(1.0, 1.0), affine=affine, patch_size=(128, 128), source=source,
+        train_where=[{"z": z} for z in tr], held_out_where=[{"z": z} for z in ho],
         held_out_description=(f"{len(ho)} axial slices with z mod 10 == 8 of {what}; trained on {len(tr)} slices "
                               "with z mod 10 in 0..6"),
     )

@@ -36,6 +36,10 @@ class DatasetSplits:
     patch_size: tuple[int, ...] | None = None
     #: where the data comes from and its licence, for the README and result tables.
     source: str = ""
+    #: where each item lies in the source array, parallel to ``train`` / ``held_out``:
+    #: ``{"box": [[start, stop], ...]}`` per source axis and/or ``{"z": index}`` for a slice.
+    train_where: list[dict] = field(default_factory=list)
+    held_out_where: list[dict] = field(default_factory=list)
 
     @property
     def in_channels(self) -> int:
