@@ -1,0 +1,60 @@
+"""nox sessions. They run in the environment that `.ci/install` builds (torch installed once):
+
+    bash .ci/install && .venv/bin/nox -s core plugins lint
+
+Building a fresh venv per session would reinstall torch (~45 s, 1 GB) each time, so
+sessions reuse the current interpreter (``venv_backend="none"``); every plugin is
+still tested *installed*, through its entry point.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nox
+
+nox.options.default_venv_backend = "none"
+nox.options.sessions = ["core", "plugins", "example_plugin", "lint"]
+
+ROOT = Path(__file__).parent
+PLUGINS = sorted(p.name for p in (ROOT / "plugins").iterdir() if (p / "pyproject.toml").exists())
+
+
+@nox.session
+def core(session: nox.Session) -> None:
+    """The core's tests (registry, contract, CLI, checkpoints, training, data)."""
+    session.run("python", "-m", "pytest", "tests", *session.posargs)
+
+
+@nox.session
+@nox.parametrize("plugin", PLUGINS)
+def plugins(session: nox.Session, plugin: str) -> None:
+    """One plugin's tests, against its installed distribution."""
+    session.run("python", "-c", f"import importlib.metadata as m; print('{plugin}', m.version('{plugin}'))")
+    session.run("python", "-m", "pytest", f"plugins/{plugin}", *session.posargs)
+
+
+@nox.session
+def example_plugin(session: nox.Session) -> None:
+    """The third-party template, installed as a user would."""
+    session.run("python", "-m", "pip", "install", "-q", "examples/flemme-plugin-template")
+    session.run("python", "-m", "pytest", "examples/flemme-plugin-template/tests", *session.posargs)
+
+
+@nox.session
+def slow(session: nox.Session) -> None:
+    """Tests marked slow: real data presets, end-to-end runs."""
+    session.run("python", "-m", "pytest", "-m", "slow", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.run("ruff", "check", "flemme_core", "plugins", "examples", "tests", "benchmarks", "noxfile.py")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Every benchmark in benchmarks/ (each prints a markdown table)."""
+    for script in sorted((ROOT / "benchmarks").glob("bench_*.py")):
+        session.log(f"== {script.name}")
+        session.run("python", str(script), *session.posargs)
