@@ -1,0 +1,165 @@
+"""``flemme train``, ``flemme eval``, ``flemme predict`` and ``flemme demo``.
+
+Import-cheap: only click at module level (``flemme --help`` stays fast); torch, MONAI
+and the training package are imported inside the commands. User mistakes raise
+:class:`~flemme_core.errors.FlemmeError`, which the ``flemme`` group prints as one
+``Error:`` line with a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import click
+
+SOURCE_KEYS = ("preset", "datalist", "images", "labels", "options", "base_dir", "num_classes")
+
+
+def data_source(value: str) -> dict[str, Any]:
+    """``--data``: a preset name, a Decathlon datalist JSON, or IMAGES_DIR:LABELS_DIR."""
+    if value.endswith(".json"):
+        return {"datalist": value}
+    if ":" in value:
+        images, labels = value.split(":", 1)
+        return {"images": images, "labels": labels}
+    return {"preset": value}
+
+
+def _overrides(flags: dict[str, Any]) -> dict[str, Any]:
+    mapping = {"encoder": "model.encoder.name", "arch": "model.arch", "steps": "train.steps",
+               "output": "train.output", "batch_size": "data.batch_size", "lr": "train.lr", "seed": "train.seed",
+               "val_every": "train.val_every", "device": "train.device", "amp": "train.amp"}
+    return {mapping[k]: v for k, v in flags.items() if k in mapping and v is not None}
+
+
+def _run_config(config_path: str | None, data: str | None, sets: tuple[str, ...], flags: dict[str, Any]):
+    from .errors import ConfigError
+    from .training.config import load_run_config
+
+    run = load_run_config(config_path, _overrides(flags), sets)
+    if data:
+        for key in SOURCE_KEYS:
+            run.data.pop(key, None)
+        run.data.update(data_source(data))
+        if config_path is None:
+            run.name = data.rsplit("/", 1)[-1].removesuffix(".json")
+    if not run.data:
+        raise ConfigError("no data: give a config file with a data: section, or --data PRESET "
+                          "(see `flemme list datasets`)")
+    return run
+
+
+def _launch_args(config_path: str | None, data: str | None, sets: tuple[str, ...], flags: dict[str, Any],
+                 resume: bool, overwrite: bool, quiet: bool) -> list[str]:
+    args = ["train"] + ([config_path] if config_path else [])
+    if data:
+        args += ["--data", data]
+    for key, value in flags.items():
+        if value is not None:
+            args += [f"--{key.replace('_', '-')}", str(value)]
+    for item in sets:
+        args += ["--set", item]
+    args += ["--resume"] * resume + ["--overwrite"] * overwrite + ["--quiet"] * quiet
+    return args
+
+
+def _print_metrics(metrics: dict[str, float], header: str) -> None:
+    click.echo(header)
+    width = max((len(k) for k in metrics), default=0)
+    for key, value in metrics.items():
+        click.echo(f"  {key:<{width}}  {value:.4f}" if isinstance(value, float) else f"  {key:<{width}}  {value}")
+
+
+# ---------------------------------------------------------------------------------------
+@click.command("train")
+@click.argument("config_path", required=False, type=click.Path(dir_okay=False))
+@click.option("--data", help="Dataset: a preset name (`flemme list datasets`), a datalist .json, or IMAGES:LABELS.")
+@click.option("--encoder", help="Encoder family (overrides model.encoder.name).")
+@click.option("--arch", help="Architecture (overrides model.arch).")
+@click.option("--steps", type=int, help="Training steps (train.steps).")
+@click.option("--batch-size", "batch_size", type=int, help="Global batch size (data.batch_size).")
+@click.option("--lr", type=float, help="Learning rate (train.lr).")
+@click.option("--seed", type=int, help="Seed (train.seed).")
+@click.option("--val-every", "val_every", type=int, help="Validate every N steps (train.val_every).")
+@click.option("--device", help="auto | cpu | cuda (train.device).")
+@click.option("--amp", help="auto | none | bf16 | fp16 (train.amp).")
+@click.option("--output", "-o", help="Run folder (train.output; default runs/<config name>).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Any config key: train.lr=3e-4, data.patch_size=[64,64], encoder.block=res_conv (model.).")
+@click.option("--resume", is_flag=True, help="Continue the run in the output folder from its last checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Replace a run already in the output folder.")
+@click.option("--nproc", type=int, default=1, show_default=True,
+              help="Processes (DDP through torchrun; gloo on CPU, NCCL on CUDA).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output; only the final summary.")
+def train_command(config_path, data, sets, resume, overwrite, nproc, quiet, **flags) -> None:
+    """Train a model from a YAML config (model:, data:, train:) and/or flags.
+
+    \b
+    flemme train examples/configs/mni152-tissue-3d.yaml
+    flemme train --encoder cnn --arch unet --data synthetic-2d --steps 200
+    flemme train examples/configs/synthetic-2d.yaml --nproc 2
+    Writes last/best.safetensors, the training state, metrics.jsonl, curves.png and
+    overlay.png into the run folder.
+    """
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        from .training.distributed import launch
+
+        _run_config(config_path, data, sets, flags)  # fail here, once, on a bad config
+        code = launch(nproc, _launch_args(config_path, data, sets, flags, resume, overwrite, quiet))
+        sys.exit(code)
+    from .training import train
+
+    run = _run_config(config_path, data, sets, flags)
+    summary = train(run, resume=resume, overwrite=overwrite, quiet=quiet)
+    if int(os.environ.get("RANK", "0")) == 0:
+        final = {k: v for k, v in summary["final"].items()}
+        _print_metrics(final, f"held-out metrics after {summary['steps']} steps "
+                              f"({summary['held_out']}):")
+        best = summary["best"]
+        if best.get("score") is not None:
+            click.echo(f"best {best['metric']} {best['score']:.4f} at step {best['step']}")
+        click.echo(f"run folder: {summary['run_dir']} ({summary['seconds']:.1f} s)")
+
+
+@click.command("eval")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--data", help="Evaluate on this dataset instead of the checkpoint's held-out split.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override data.* or train.* keys.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the metrics as JSON here.")
+@click.option("--per-item", "per_item", is_flag=True, help="Include every item's metrics in the JSON.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda.")
+def eval_command(checkpoint, data, sets, json_path, per_item, device) -> None:
+    """Held-out metrics of a checkpoint: Dice per class, mIoU, HD95 (segmentation); PSNR,
+    SSIM (reconstruction); or the architecture's own."""
+    from .training.inference import evaluate_checkpoint
+
+    result = evaluate_checkpoint(checkpoint, data=data_source(data) if data else None, sets=sets,
+                                 device=device, per_item=per_item)
+    _print_metrics(result["metrics"], f"{result['data']} ({result['held_out']}):")
+    if json_path:
+        from pathlib import Path
+
+        Path(json_path).write_text(json.dumps(result, indent=1, default=str))
+        click.echo(f"wrote {json_path}")
+
+
+@click.command("predict")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option("--output", "-o", required=True,
+              help="Output file (one input: .nii.gz or .png) or folder (several inputs).")
+@click.option("--normalize", default="auto", show_default=True,
+              help="auto (as in training) | zscore | zscore-nonzero | percentile | none.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda.")
+def predict_command(checkpoint, inputs, output, normalize, device) -> None:
+    """Predict whole images (sliding window); NIfTI keeps the input's affine, PNG/JPG give PNG.
+
+    Segmentation writes class indices; reconstruction writes the output image.
+    """
+    from .training.inference import predict_files
+
+    for src, dst in predict_files(checkpoint, list(inputs), output, normalize=normalize, device=device):
+        click.echo(f"{src} -> {dst}")

@@ -1,0 +1,29 @@
+"""Training, evaluation and prediction for any registered architecture and encoder.
+
+Import-cheap: the submodules (torch, MONAI) load on first use.
+
+* :func:`train` (RunConfig, resume=, overwrite=) -> summary dict; :class:`Trainer`
+* :func:`load_run_config` (yaml path, overrides, --set items) -> :class:`RunConfig`
+* :func:`evaluate_checkpoint` (checkpoint, data=...) -> metrics dict (``flemme eval``)
+* :func:`predict_file` (checkpoint, image, out) -> written path (``flemme predict``)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "train": "trainer", "Trainer": "trainer", "TrainingError": "trainer",
+    "RunConfig": "config", "TrainConfig": "config", "load_run_config": "config",
+    "train_config_from_dict": "config", "run_config_from_dict": "config",
+    "evaluate_checkpoint": "inference", "predict_file": "inference",
+    "evaluate": "evaluation", "EvalSettings": "evaluation", "infer": "evaluation",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,120 @@
+"""What a run reports: a JSONL metrics file, optional TensorBoard, a progress bar.
+
+Only rank 0 logs. On resume the metrics file is cut back to the resumed step, so a run
+killed after logging rows it never checkpointed does not show them twice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class MetricsLog:
+    """Appends ``{"step", "split", ...}`` rows; ``truncate(step)`` drops rows after ``step``."""
+
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool = False):
+        self.path = Path(run_dir) / METRICS_FILE
+        self.enabled = enabled
+        self.writer = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                from ..errors import ConfigError
+
+                raise ConfigError("train.tensorboard needs the tensorboard package; pip install tensorboard "
+                                  "(or set train.tensorboard: false)") from None
+            self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+
+    def truncate(self, step: int) -> None:
+        if not self.enabled or not self.path.exists():
+            return
+        keep = [line for line in self.path.read_text().splitlines()
+                if line.strip() and _row_step(line) <= step]
+        self.path.write_text("".join(line + "\n" for line in keep))
+
+    def write(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        row = {k: _clean(v) for k, v in row.items()}
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(row, sort_keys=False) + "\n")
+        if self.writer is not None:
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and key not in ("step",) and value is not None:
+                    self.writer.add_scalar(f"{row.get('split', 'train')}/{key}", value, row["step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _row_step(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (ValueError, TypeError):
+        return 1 << 62  # a torn last line (killed mid-write) is dropped
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
+
+
+class Progress:
+    """A tqdm bar (loss, lr, last metric, ETA) on a terminal; plain lines otherwise."""
+
+    def __init__(self, total: int, initial: int, enabled: bool, quiet: bool):
+        self.enabled = enabled and not quiet
+        self.quiet = quiet
+        self.bar = None
+        self.start = time.perf_counter()
+        self.initial = initial
+        self.total = total
+        if self.enabled and sys.stderr.isatty():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, dynamic_ncols=True, unit="step", leave=True)
+
+    def update(self, step: int, postfix: dict[str, Any]) -> None:
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            self.bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in postfix.items()},
+                                 refresh=False)
+
+    def message(self, text: str) -> None:
+        if self.quiet:
+            return
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def eta(self, step: int) -> str:
+        done = step - self.initial
+        if done <= 0:
+            return "?"
+        left = (time.perf_counter() - self.start) / done * (self.total - step)
+        return f"{int(left // 60)}m{int(left % 60):02d}s"
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,184 @@
+"""Everything decided before the first step: device, seeding, the model config completed
+from the data, and the run folder (refusing to overwrite a different run).
+
+All user mistakes surface here, as one-line errors, before any training.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from .config import RunConfig
+
+CONFIG_FILE = "config.yaml"
+#: run files that --overwrite deletes (never the folder itself).
+RUN_FILES = ("config.yaml", "state.json", "last.safetensors", "best.safetensors", "metrics.jsonl",
+             "curves.png", "overlay.png", "eval.json", "summary.json")
+#: train keys that may change on --resume without changing the result.
+RESUME_FREE_KEYS = ("output", "progress", "tensorboard", "threads", "log_every", "sw_batch_size")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ConfigError("train.device is cuda but no CUDA device is available; use device: auto or cpu")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    """auto: bf16 on CUDA when supported (else fp16), none on CPU."""
+    if mode == "none" or (mode == "auto" and device.type != "cuda"):
+        return None
+    if mode == "fp16":
+        if device.type != "cuda":
+            raise ConfigError("train.amp fp16 needs a CUDA device; use bf16 on CPU, or none")
+        return torch.float16
+    if mode == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Python, numpy and torch RNGs; deterministic kernels where torch has them."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
+def complete_model_config(model: dict[str, Any], info: Any) -> dict[str, Any]:
+    """Fill what the model config leaves out from the data (channels, classes, patch size)
+    and check that what it gives agrees with the data."""
+    model = copy.deepcopy(model)
+    model.setdefault("in_channels", info.in_channels)
+    if "out_channels" not in model:
+        model["out_channels"] = info.out_channels
+    if info.task == "segmentation":
+        out = model["out_channels"]
+        if not (out == info.num_classes or (out == 1 and info.num_classes == 2)):
+            raise ConfigError(f"model.out_channels is {out} but the data has {info.num_classes} classes; set "
+                              f"model.out_channels: {info.num_classes} (or omit it)")
+    if model["in_channels"] != info.in_channels:
+        raise ConfigError(f"model.in_channels is {model['in_channels']} but the images have {info.in_channels} "
+                          f"channel(s); set model.in_channels: {info.in_channels} (or omit it)")
+    patch = list(info.patch_size) if info.patch_size else None
+    if "image_size" not in model:
+        if patch is None:
+            raise ConfigError("neither model.image_size nor data.patch_size is set; set data.patch_size "
+                              "(the training patch, also the model's input size)")
+        model["image_size"] = patch
+    size = model["image_size"]
+    size = [size] * info.dims if isinstance(size, int) else list(size)
+    if len(size) != info.dims:
+        raise ConfigError(f"model.image_size {size} is {len(size)}D but the data is {info.dims}D; "
+                          f"give {info.dims} sizes (or omit it to use data.patch_size)")
+    if patch is not None and size != patch:
+        raise ConfigError(f"model.image_size {size} differs from data.patch_size {patch}: the model is trained "
+                          "on patches; make them equal (or omit model.image_size)")
+    model["image_size"] = size
+    model.setdefault("dims", info.dims)
+    return model
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(set(a) | set(b)):
+            path = f"{prefix}.{key}" if prefix else str(key)
+            if prefix == "train" and key in RESUME_FREE_KEYS:
+                continue
+            out += _differences(a.get(key), b.get(key), path)
+        return out
+    return [] if a == b else [prefix]
+
+
+def prepare_run_dir(run_dir: Path, resolved: dict[str, Any], resume: bool, overwrite: bool,
+                    apply: bool = True) -> bool:
+    """Check the run folder (and, with ``apply``, clear it for ``overwrite``); returns whether
+    there is state to resume.
+
+    An existing run is replaced only with ``overwrite``; ``resume`` continues it when the
+    config is the same (keys that do not change the result excepted). Every process
+    checks; only the main one applies.
+    """
+    import yaml
+
+    run_dir = Path(run_dir)
+    config_path = run_dir / CONFIG_FILE
+    has_run = config_path.exists() or (run_dir / "state.json").exists()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"output {str(run_dir)!r} is a file; choose a folder with --output")
+    if has_run and overwrite:
+        if not apply:
+            return False
+        for name in RUN_FILES:
+            (run_dir / name).unlink(missing_ok=True)
+        for old in run_dir.glob("state-*.safetensors"):
+            old.unlink()
+        shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+        has_run = False
+    if has_run and not resume:
+        raise ConfigError(f"output folder {str(run_dir)!r} already holds a run; pass --resume to continue it, "
+                          "--overwrite to replace it, or --output to write elsewhere")
+    if has_run and config_path.exists():
+        previous = yaml.safe_load(config_path.read_text()) or {}
+        diff = _differences(previous, resolved)
+        if diff:
+            raise ConfigError(f"output folder {str(run_dir)!r} holds a different run ({', '.join(diff[:3])} "
+                              "changed); use another --output, or --overwrite to replace it")
+    if apply:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    return has_run and (run_dir / "state.json").exists()
+
+
+def write_config(run_dir: Path, resolved: dict[str, Any]) -> None:
+    import yaml
+
+    from ..checkpoint import atomic_write
+
+    text = yaml.safe_dump(resolved, sort_keys=False)
+    atomic_write(Path(run_dir) / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
+
+
+def resolved_config(run: RunConfig, model: dict[str, Any]) -> dict[str, Any]:
+    out = run.to_dict()
+    out["model"] = model
+    return out
+
+
+def predict_normalization(data: dict[str, Any]) -> dict[str, Any]:
+    """How ``flemme predict`` should normalise a raw image to match training.
+
+    File sources use their ``data.transforms.normalize`` (z-score by default); presets
+    normalise inside their factory, so the closest whole-image equivalent is recorded.
+    """
+    transforms = data.get("transforms") or {}
+    norm = transforms.get("normalize", "zscore" if not data.get("preset") else None)
+    if norm is not None:
+        if isinstance(norm, str):
+            return {"name": norm}
+        if isinstance(norm, dict):
+            return {"name": "zscore", **norm}
+        return {"name": "zscore"} if norm else {"name": "none"}
+    preset = str(data.get("preset"))
+    if preset.startswith(("mni152", "colin27-aal")):
+        return {"name": "zscore-nonzero"}  # z-scored with in-brain statistics, applied everywhere
+    if preset.startswith("stardist"):
+        return {"name": "percentile", "lower": 1.0, "upper": 99.8}
+    if preset.startswith("colin27-t1"):
+        return {"name": "percentile", "lower": 0.0, "upper": 99.8, "clip": True}
+    return {"name": "none"}

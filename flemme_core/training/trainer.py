@@ -1,0 +1,323 @@
+"""The training loop: any registered architecture with any encoder, through the contract.
+
+The loop knows nothing about families or architectures. It calls
+``model.training_stages()`` / ``begin_stage(name)`` (an optimiser over the parameters
+that require gradients is rebuilt per stage), ``model.training_loss(batch, criterion)``
+for the loss, and the evaluator (``predict``, or ``validation_metrics`` when the
+architecture has its own). Data order and augmentation are functions of (seed,
+position) (:mod:`.sampling`), and the state is committed atomically (:mod:`.state`),
+so a run killed at any instant and resumed ends with the weights of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, FlemmeError, unknown_name_message
+from . import setup as S
+from .config import RunConfig
+from .distributed import DistContext, any_flag, barrier, init_distributed, shutdown
+from .evaluation import EvalSettings, autocast, evaluate
+from .logs import MetricsLog, Progress
+from .metrics import HIGHER_IS_BETTER, TASK_METRICS, check_metric_names
+from .optim import Schedule, build_optimizer
+from .sampling import SeededDataset, StepBatchSampler, StreamOrder, make_train_loader
+from .state import load_model_tensors, read_train_state, restore_rng, save_train_state, unflatten_optimizer
+
+
+class TrainingError(FlemmeError):
+    """Training cannot go on (e.g. the loss became NaN); the last good checkpoint is kept."""
+
+    exit_code = 3
+
+
+class _LossForward(nn.Module):
+    """Routes DDP's forward to the architecture's ``training_loss`` (so gradients sync)."""
+
+    def __init__(self, model: nn.Module, criterion: nn.Module):
+        super().__init__()
+        self.model, self.criterion = model, criterion
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> Any:
+        return self.model.training_loss(batch, self.criterion)
+
+
+class Trainer:
+    """Builds data, model, loss and run folder from a :class:`RunConfig`, then :meth:`fit`."""
+
+    def __init__(self, run: RunConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False):
+        from ..build import build_model, loss_spec
+        from ..data import build_datasets
+        from ..losses import build_loss
+
+        self.run, self.cfg = run, run.train
+        cfg = self.cfg
+        self.device = S.pick_device(cfg.device)
+        self.ctx: DistContext = init_distributed(self.device.type)
+        self.quiet = quiet or not self.ctx.is_main
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        S.seed_everything(cfg.seed, cfg.deterministic)
+        self.amp = S.amp_dtype(cfg.amp, self.device)
+        self.train_ds, self.val_ds, self.info = build_datasets(run.data, seed=cfg.seed)
+        model_dict = S.complete_model_config(run.model, self.info)
+        self.resolved = S.resolved_config(run, model_dict)
+        self.run_dir = run.output_dir
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        self.model = build_model(model_dict).to(self.device)
+        self.task = self.model.task
+        self.metric_names = check_metric_names(cfg.metrics or list(TASK_METRICS.get(self.task, ())), self.task)
+        self.monitor, self.higher = self._monitor()
+        mc = self.model.config
+        self.criterion = build_loss(loss_spec(self.model), mc.out_channels, mc.dims).to(self.device)
+        self.stages = self._stage_plan()
+        self.total_steps = sum(s["steps"] for s in self.stages)
+        self.batch = self._global_batch()
+        S.prepare_run_dir(self.run_dir, self.resolved, resume, overwrite, apply=False)  # every rank checks
+        barrier(self.ctx)
+        if self.ctx.is_main:
+            S.prepare_run_dir(self.run_dir, self.resolved, resume, overwrite, apply=True)
+            S.write_config(self.run_dir, self.resolved)
+        barrier(self.ctx)
+        self.has_state = resume and (self.run_dir / "state.json").exists()
+        self.log = MetricsLog(self.run_dir, self.ctx.is_main, cfg.tensorboard)
+        roi = list(cfg.roi_size or mc.image_size)
+        self.eval_settings = EvalSettings(
+            task=self.task, metrics=self.metric_names, roi_size=roi, sw_batch_size=cfg.sw_batch_size,
+            overlap=cfg.overlap, sw_mode=cfg.sw_mode, num_classes=max(mc.out_channels, 2),
+            class_names=list(self.info.class_names), spacing=self.info.spacing or None, amp_dtype=self.amp,
+            device=self.device)
+        self.best: dict[str, Any] = {"score": None, "step": None, "metric": self.monitor}
+        self.example: dict[str, Any] | None = None
+        self.last_val: dict[str, float] = {}
+        self.step = 0
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
+
+    # -- planning -------------------------------------------------------------------------
+    def _monitor(self) -> tuple[str, bool]:
+        cfg = self.cfg
+        name = cfg.monitor or {"segmentation": "dice", "reconstruction": "psnr"}.get(self.task, "")
+        higher = HIGHER_IS_BETTER.get(name, cfg.monitor_mode == "max")
+        if cfg.monitor:
+            higher = cfg.monitor_mode == "max" if cfg.monitor not in HIGHER_IS_BETTER else higher
+        return name, higher
+
+    def _stage_plan(self) -> list[dict[str, Any]]:
+        names = list(self.model.training_stages())
+        for name in self.cfg.stages:
+            if name not in names:
+                raise ConfigError(unknown_name_message(f"stage in train.stages for {self.model.config.arch}:",
+                                                       name, names))
+        plan, start = [], 0
+        for name in names:
+            settings = self.cfg.stage_settings(name)
+            plan.append({**settings, "name": name, "start": start, "end": start + settings["steps"]})
+            start += settings["steps"]
+        return plan
+
+    def _global_batch(self) -> int:
+        from ..data import data_config_from_dict
+
+        batch = data_config_from_dict(self.run.data).batch_size
+        if batch % self.ctx.world_size:
+            raise ConfigError(f"data.batch_size {batch} must be divisible by the {self.ctx.world_size} processes; "
+                              f"use a multiple of {self.ctx.world_size}")
+        return batch
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def _extra(self) -> dict[str, Any]:
+        info = self.info
+        return {"step": self.step, "seed": self.cfg.seed, "task": self.task, "num_classes": info.num_classes,
+                "class_names": list(info.class_names), "roi_size": self.eval_settings.roi_size,
+                "spacing": list(info.spacing or ()), "held_out": info.held_out_description,
+                "data": self.run.data, "normalize": S.predict_normalization(self.run.data),
+                "sw": {"sw_batch_size": self.cfg.sw_batch_size, "overlap": self.cfg.overlap,
+                       "mode": self.cfg.sw_mode},
+                "metrics": self.last_val}
+
+    def _save(self, stage_index: int, optimizer: torch.optim.Optimizer) -> None:
+        if not self.ctx.is_main:
+            return
+        from ..checkpoint import save_model
+
+        info = {"step": self.step, "stage": stage_index, "best": self.best, "finished": self.step >= self.total_steps,
+                "scaler": self.scaler.state_dict() if self.scaler else None, "world_size": self.ctx.world_size}
+        save_train_state(self.run_dir, self.model, optimizer, info,
+                         lambda: save_model(self.model, self.run_dir / "last.safetensors", extra=self._extra()))
+
+    def _validate(self) -> dict[str, float]:
+        metrics, extras = evaluate(self.model, self.val_ds, self.eval_settings, self.ctx)
+        self.last_val = metrics
+        if "example" in extras:
+            self.example = extras["example"]
+        score = metrics.get(self.monitor)
+        if score is not None and math.isfinite(score):
+            best = self.best["score"]
+            if best is None or (score > best if self.higher else score < best):
+                self.best = {"score": score, "step": self.step, "metric": self.monitor}
+                if self.ctx.is_main:
+                    from ..checkpoint import save_model
+
+                    save_model(self.model, self.run_dir / "best.safetensors", extra=self._extra())
+        self.log.write({"step": self.step, "split": "val", **metrics})
+        return metrics
+
+    # -- the loop -------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        """Train all stages from step 0 or from the committed state; returns the summary."""
+        record, tensors = (read_train_state(self.run_dir) if self.has_state else (None, None))
+        if record is not None:
+            self.step, self.best = int(record["step"]), record["best"]
+            self.log.truncate(self.step)
+            if record.get("scaler") and self.scaler:
+                self.scaler.load_state_dict(record["scaler"])
+        progress = Progress(self.total_steps, self.step, self.cfg.progress, self.quiet)
+        if record is not None:
+            progress.message(f"resuming {self.run_dir} at step {self.step}/{self.total_steps}")
+        order = StreamOrder(len(self.train_ds), self.cfg.seed)
+        dataset = SeededDataset(self.train_ds)
+        started = time.perf_counter()
+        optimizer = None
+        try:
+            for index, stage in enumerate(self.stages):
+                if self.step >= stage["end"]:
+                    continue
+                mid_stage = record is not None and self.step > stage["start"]
+                if record is not None and not mid_stage:  # state from the end of the previous stage
+                    load_model_tensors(self.model, tensors)
+                    restore_rng(tensors, record["rng"])
+                self.model.begin_stage(stage["name"])
+                if mid_stage:  # begin_stage may touch weights or RNG: the saved ones win
+                    load_model_tensors(self.model, tensors)
+                    restore_rng(tensors, record["rng"])
+                params = [p for p in self.model.parameters() if p.requires_grad]
+                optimizer = build_optimizer(params, stage, self.cfg.betas, self.cfg.momentum)
+                if mid_stage:
+                    unflatten_optimizer(optimizer, tensors, record["optimizer"])
+                record = tensors = None
+                self._run_stage(index, stage, optimizer, params, order, dataset, progress)
+            if optimizer is None:  # resumed a finished run
+                progress.message(f"{self.run_dir} already finished ({self.total_steps} steps)")
+            else:
+                self._validate()
+                self._save(len(self.stages) - 1, optimizer)
+        finally:
+            progress.close()
+            self.log.close()
+        summary = self._summary(time.perf_counter() - started)
+        if self.ctx.is_main:
+            self._write_outputs(summary)
+        barrier(self.ctx)
+        shutdown(self.ctx)
+        return summary
+
+    def _run_stage(self, index: int, stage: dict[str, Any], optimizer: torch.optim.Optimizer,
+                   params: list[nn.Parameter], order: StreamOrder, dataset: SeededDataset,
+                   progress: Progress) -> None:
+        cfg, ctx = self.cfg, self.ctx
+        schedule = Schedule(optimizer, stage)
+        forward = self._forward(stage)
+        sampler = StepBatchSampler(order, self.batch, self.step, stage["end"], ctx.rank, ctx.world_size)
+        loader = make_train_loader(dataset, sampler, self._num_workers(), pin_memory=self.device.type == "cuda")
+        save_every = cfg.save_every or cfg.val_every or stage["end"]
+        sums: dict[str, float] = {}
+        count = 0
+        self.model.train()
+        for batch in loader:
+            lr = schedule.apply(self.step - stage["start"])
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            with autocast(self.device, self.amp):
+                loss, logs = forward(batch)
+            value = float(loss.detach())
+            if any_flag(not math.isfinite(value), ctx):
+                raise TrainingError(self._nonfinite_message(value))
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            if cfg.clip:
+                if self.scaler:
+                    self.scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+            if self.scaler:
+                self.scaler.step(optimizer)
+                self.scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            terms = {"loss": value, **{k: float(v) for k, v in (logs or {}).items()},
+                     **getattr(self.criterion, "last", {})}
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v
+            count += 1
+            if self.step % cfg.log_every == 0 or self.step == stage["end"]:
+                row = {"step": self.step, "split": "train", "stage": stage["name"], "lr": lr,
+                       **{k: v / count for k, v in sums.items()}}
+                self.log.write(row)
+                sums, count = {}, 0
+            validate = cfg.val_every and self.step % cfg.val_every == 0 and self.step < self.total_steps
+            if validate:
+                metrics = self._validate()
+                shown = {k: v for k, v in metrics.items() if "/" not in k}
+                progress.message(f"step {self.step}/{self.total_steps}  loss {value:.4f}  " +
+                                 "  ".join(f"{k} {v:.4f}" for k, v in shown.items()) + f"  eta {progress.eta(self.step)}")
+            if (self.step % save_every == 0 or self.step == stage["end"]) and self.step < self.total_steps:
+                self._save(index, optimizer)
+            postfix = {"loss": value, "lr": lr}
+            if self.monitor in self.last_val:
+                postfix[self.monitor] = self.last_val[self.monitor]
+            progress.update(self.step, postfix)
+
+    def _num_workers(self) -> int:
+        from ..data import data_config_from_dict
+
+        return data_config_from_dict(self.run.data).num_workers
+
+    def _forward(self, stage: dict[str, Any]):
+        if not self.ctx.enabled:
+            return lambda batch: self.model.training_loss(batch, self.criterion)
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        wrapped = DDP(_LossForward(self.model, self.criterion), device_ids=ids,
+                      find_unused_parameters=self.cfg.find_unused_parameters)
+        return wrapped
+
+    def _nonfinite_message(self, value: float) -> str:
+        last = self.run_dir / "last.safetensors"
+        kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
+        return (f"the loss became non-finite ({value}) at step {self.step + 1}; training stopped and {kept}; "
+                "lower train.lr, keep train.clip on, or check the data for NaNs")
+
+    # -- outputs ----------------------------------------------------------------------------
+    def _summary(self, seconds: float) -> dict[str, Any]:
+        return {"run_dir": str(self.run_dir), "steps": self.step, "task": self.task, "monitor": self.monitor,
+                "best": self.best, "final": self.last_val, "seconds": seconds,
+                "held_out": self.info.held_out_description, "data": self.info.name,
+                "world_size": self.ctx.world_size}
+
+    def _write_outputs(self, summary: dict[str, Any]) -> None:
+        import json
+
+        from ..checkpoint import atomic_write
+
+        text = json.dumps(summary, indent=1, default=str)
+        atomic_write(Path(self.run_dir) / "summary.json", lambda tmp: Path(tmp).write_text(text))
+        try:
+            from .plots import plot_curves, plot_overlay
+
+            plot_curves(self.run_dir / "metrics.jsonl", self.run_dir / "curves.png")
+            if self.example is not None:
+                plot_overlay(self.example, self.run_dir / "overlay.png", self.task,
+                             title=f"held out: step {self.step}")
+        except ImportError:  # matplotlib missing: the numbers are still written
+            pass
+
+
+def train(run: RunConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> dict[str, Any]:
+    """Train a run config; returns the summary (also written to ``<run>/summary.json``)."""
+    return Trainer(run, resume=resume, overwrite=overwrite, quiet=quiet).fit()
