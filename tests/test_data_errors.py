@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-
 from data_helpers import AFFINE, write_datalist, write_nifti_pairs
+
 from flemme_core.data import DataError, check_data, load_preset
 from flemme_core.errors import ConfigError, FlemmeError
 
@@ -69,7 +69,7 @@ def test_shape_mismatch_names_pair_and_both_shapes(nifti_root):
 def test_affine_mismatch(nifti_root):
     import nibabel as nib
 
-    root, stems = nifti_root
+    root, _ = nifti_root
     lab = nib.load(str(root / "labels" / "case1.nii.gz"))
     moved = AFFINE.copy()
     moved[0, 3] += 7.0
@@ -198,9 +198,8 @@ def test_file_sources_need_num_classes(nifti_root):
 
 
 def test_multichannel_png_label_is_refused(tmp_path):
-    from PIL import Image
-
     from data_helpers import write_png_pairs
+    from PIL import Image
 
     write_png_pairs(tmp_path, n=3)
     rgb = np.zeros((40, 56, 3), np.uint8)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from data_helpers import AFFINE, write_datalist, write_dicom_series, write_nifti_pairs, write_png_pairs
+
 from flemme_core.data import build_dataloaders, build_datasets, check_data, load_preset
 
 

@@ -35,7 +35,7 @@ def test_kspace_zero_filled_matches_numpy(pattern):
     cols = out["mask"][0, 0].numpy()
     assert (out["mask"][0] == out["mask"][0, :1]).all()  # whole lines (columns) are kept or dropped
     w = x.shape[-1]
-    n_centre = int(round(w * 0.08))
+    n_centre = round(w * 0.08)
     start = (w - n_centre + 1) // 2
     assert cols[start:start + n_centre].all()  # the 8 % centre is fully sampled
     if pattern == "equispaced":

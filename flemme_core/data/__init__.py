@@ -51,7 +51,7 @@ _EXPORTS = {
     "parse_transforms": "transforms", "build_transforms": "transforms",
     "register_presets": "catalog",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = list(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:

@@ -128,7 +128,7 @@ def _load(loader: Any, path: Path) -> Any:
         raise DataError(f"file {path} not found; fix the path in the datalist or folder")
     try:
         return loader(str(path))
-    except Exception as exc:  # noqa: BLE001 - any reader failure is a bad-input message
+    except Exception as exc:  # any reader failure is a bad-input message
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DataError(f"cannot read {path.name}: {first[:160]}; check the file, or install its reader "
                         "(pip install 'flemme-core[data]' for NRRD/DICOM)") from exc
@@ -158,7 +158,7 @@ def resampled_shape(fact: ItemFacts, axcodes: str | None, pixdim: Sequence[float
         perm = [order.index(k) for k in range(dims)]  # new axis k comes from input axis perm[k]
         shape, spacing = [shape[p] for p in perm], [spacing[p] for p in perm]
     if pixdim:
-        shape = [max(1, int(round(s * sp / float(p)))) for s, sp, p in zip(shape, spacing, pixdim)]
+        shape = [max(1, round(s * sp / float(p))) for s, sp, p in zip(shape, spacing, pixdim)]
     return tuple(shape)
 
 

@@ -70,7 +70,7 @@ def read_image(path: str | Path) -> ImageFile:
     try:
         with quiet_readers():
             img = LoadImage(image_only=True, ensure_channel_first=True)(str(path))
-    except Exception as exc:  # noqa: BLE001 - any reader failure is a bad-input message
+    except Exception as exc:  # any reader failure is a bad-input message
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"cannot read image {path}: {first[:200]}; convert it to NIfTI or PNG, or install "
                         "the reader (pip install 'flemme-core[data]')") from exc

@@ -228,7 +228,8 @@ def build_datasets(data: Mapping[str, Any] | DataConfig, *, seed: int = 0) -> tu
         checks.check_patch(shapes, [f.name for f in facts], patch)
     if "crop" not in parsed:
         checks.check_batchable(shapes, cfg.batch_size)
-    common = dict(dims=dims, patch_size=patch, from_files=from_files, has_label=has_label, seed=seed)
+    common = {"dims": dims, "patch_size": patch, "from_files": from_files, "has_label": has_label,
+              "seed": seed}
     train_tf = build_transforms(parsed, train=True, **common)
     val_tf = build_transforms(parsed, train=False, **common)
     if cfg.cache:

@@ -87,7 +87,7 @@ def _ap_halves(image: np.ndarray, label: np.ndarray, mask: np.ndarray, affine: n
     axis, low_is_posterior = _posterior_first(affine)
     other = tuple(i for i in range(mask.ndim) if i != axis)
     extent = np.where(mask.any(axis=other))[0]
-    cut = int(round((extent.min() + extent.max() + 1) / 2))
+    cut = round(float(extent.min() + extent.max() + 1) / 2)
     low = [slice(None)] * mask.ndim
     high = [slice(None)] * mask.ndim
     low[axis], high[axis] = slice(0, cut), slice(cut, None)
