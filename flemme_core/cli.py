@@ -243,13 +243,6 @@ main.add_command(eval_command)
 main.add_command(predict_command)
 
 
-from .cli_train import eval_command, predict_command, train_command  # noqa: E402 - imports click only
-
-main.add_command(train_command)
-main.add_command(eval_command)
-main.add_command(predict_command)
-
-
 def run() -> None:  # pragma: no cover - console entry for `python -m flemme_core`
     main(prog_name="flemme")
 
