@@ -1,0 +1,147 @@
+"""hunet / hae: level shapes for every family in 2D and 3D, options, norms, gradients, checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from flemme_core.build import build_model, summarize
+from flemme_core.errors import ConfigError
+from flemme_core.losses import build_loss
+from flemme_core.registry import get_registry
+
+CNN = {"name": "cnn", "channels": [8, 16, 32], "num_blocks": 1}
+
+
+def _expected_strides(model) -> list[int]:
+    enc = model.encoder
+    strides = list(enc.feature_strides)  # fine to coarse, the last is the bottleneck
+    # levels: every decoder stage's stride plus the bottleneck, except the one feeding the head
+    return strides[1:] if strides[0] == 1 else strides
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("arch", ["hunet", "hae"])
+def test_level_shapes_every_family(family, arch, dims, build_small):
+    model = build_small(arch, family, dims, sizes=(16, 32, 64) if dims == 3 else (32, 64))
+    size = model.config.image_size
+    x = torch.randn(2, 1, *size)
+    model.eval()
+    with torch.no_grad():
+        outs = model(x)
+    out_ch = model.config.out_channels
+    strides = _expected_strides(model)
+    assert [tuple(o.shape) for o in outs] == (
+        [(2, out_ch, *size)] + [(2, out_ch, *[s // st for s in size]) for st in strides])
+    assert torch.equal(model.predict(x), outs[0])
+    assert summarize(model)["output_shapes"][0] == [1, out_ch, *size]
+
+
+def test_third_party_family_provides_the_refinement_block(toy_family):
+    model = build_model({"arch": "hunet", "image_size": [32, 32], "out_channels": 2,
+                         "encoder": {"name": "toy", "channels": [8, 16, 32], "num_blocks": 1, "patch_size": 2}})
+    # patch size 2: the decoder ends with a patch expansion, so every stage and the bottleneck are levels
+    assert toy_family.refine_calls == 3
+    outs = model(torch.randn(1, 1, 32, 32))
+    assert [tuple(o.shape[2:]) for o in outs] == [(32, 32), (16, 16), (8, 8), (4, 4)]
+
+
+def test_cnn_3d_shapes_and_patchified_levels():
+    model = build_model({"arch": "hae", "encoder": {"name": "cnn", "channels": [4, 8, 16], "patch_size": 2},
+                         "image_size": [16, 16, 16], "out_channels": 1})
+    outs = model(torch.randn(1, 1, 16, 16, 16))
+    assert [tuple(o.shape) for o in outs] == [(1, 1, 16, 16, 16), (1, 1, 8, 8, 8), (1, 1, 4, 4, 4), (1, 1, 2, 2, 2)]
+
+
+def _cnn(arch="hunet", **options):
+    return build_model({"arch": arch, "encoder": CNN, "image_size": [32, 32],
+                        "out_channels": 2 if arch == "hunet" else 1, "arch_options": options})
+
+
+@pytest.mark.parametrize("options", [
+    {"refine": False}, {"fusion": "sum"}, {"resize": "nearest"}, {"level_map": "channel"},
+    {"level_map": "none", "fusion": "sum", "refine": False},
+])
+def test_options_build_run_and_train(options):
+    model = _cnn(**options)
+    criterion = build_loss("dice_ce", 2, 2)
+    batch = {"image": torch.randn(2, 1, 32, 32), "label": torch.randint(0, 2, (2, 1, 32, 32))}
+    loss, logged = model.training_loss(batch, criterion)
+    loss.backward()
+    assert torch.isfinite(loss) and set(logged) == {"loss_fused", "loss_level1_16x16", "loss_level2_8x8"}
+
+
+def test_refinement_off_has_no_refinement_parameters():
+    on, off = _cnn(refine=True), _cnn(refine=False)
+    assert sum(p.numel() for p in off.pyramid.refines.parameters()) == 0
+    assert sum(p.numel() for p in on.pyramid.refines.parameters()) > 0
+    assert [tuple(o.shape) for o in off(torch.randn(1, 1, 32, 32))] == [(1, 2, 32, 32), (1, 2, 16, 16), (1, 2, 8, 8)]
+
+
+@pytest.mark.parametrize("norm, cls", [("instance", nn.InstanceNorm2d), ("batch", nn.BatchNorm2d),
+                                       ("group", nn.GroupNorm)])
+def test_refinement_honours_the_encoder_normalisation(norm, cls):
+    model = build_model({"arch": "hunet", "encoder": {**CNN, "norm": norm},
+                         "image_size": [32, 32]})
+    kinds = {type(m) for m in model.pyramid.refines.modules()
+             if isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d, nn.GroupNorm))}
+    assert kinds == {cls}
+
+
+@pytest.mark.parametrize("arch", ["hunet", "hae"])
+@pytest.mark.parametrize("level_weights", ["equal", "halving"])
+def test_gradient_reaches_every_level_head(arch, level_weights):
+    torch.manual_seed(0)
+    model = _cnn(arch, level_weights=level_weights)
+    criterion = build_loss(model.default_loss, model.config.out_channels, 2)
+    x = torch.rand(2, 1, 32, 32)
+    batch = {"image": x, "label": (x > 0.5).long()}
+    loss, _ = model.training_loss(batch, criterion)
+    loss.backward()
+    for i, head in enumerate(model.pyramid.heads):
+        assert head.weight.grad is not None and head.weight.grad.abs().sum() > 0, f"level head {i}"
+    for name, p in model.named_parameters():
+        if name.startswith(("pyramid.", "fusion.", "head.")):
+            assert p.grad is not None, name
+
+
+def test_config_naming_the_pyramid_loss_is_not_wrapped_twice():
+    model = _cnn(level_weights="equal")
+    criterion = build_loss({"name": "pyramid", "losses": ["ce"], "level_weights": "halving"}, 2, 2)
+    assert model.pyramid_loss(criterion) is criterion
+    batch = {"image": torch.randn(1, 1, 32, 32), "label": torch.randint(0, 2, (1, 1, 32, 32))}
+    loss, logged = model.training_loss(batch, criterion)
+    assert "loss_level1_16x16" in logged and torch.isfinite(loss)
+
+
+def test_bad_options_are_one_line_config_errors():
+    with pytest.raises(ConfigError, match="fusion"):
+        _cnn(fusion="stack")
+    with pytest.raises(ConfigError, match="refin"):
+        _cnn(refinement=False)
+    with pytest.raises(ConfigError, match="target_resize"):
+        _cnn(target_resize="area")  # images only: class labels cannot be averaged
+    with pytest.raises(ConfigError, match="at least 2 levels"):
+        build_model({"arch": "hunet", "encoder": {"name": "cnn", "channels": [8]}, "image_size": [16, 16]})
+
+
+def test_registered_through_the_entry_point():
+    reg = get_registry()
+    for kind, name in [("architecture", "hunet"), ("architecture", "hae"), ("loss", "pyramid")]:
+        assert reg.provider_of(kind, name).name == "flemme-pyramid"
+
+
+def test_checkpoint_round_trip(tmp_path):
+    from flemme_core.checkpoint import load_model, save_model
+
+    model = _cnn("hae", fusion="sum", level_weights="halving")
+    with torch.no_grad():
+        model.fusion.maps.normal_()  # non-default values must survive
+    model.eval()
+    path = save_model(model, tmp_path / "hae.safetensors")
+    loaded = load_model(path).eval()
+    assert type(loaded).__name__ == "HAE" and loaded.options == model.options
+    x = torch.randn(1, 1, 32, 32)
+    for a, b in zip(model(x), loaded(x)):
+        torch.testing.assert_close(a, b)
