@@ -84,8 +84,12 @@ class BlockFamily:
     def context_dim(self) -> int | None:
         return self.cfg.context_dim
 
-    def stem(self, in_channels: int, out_channels: int, patch_size: int) -> nn.Module:
-        """Embed the image: ``(B, in, *S) -> (B, out, *S / patch_size)``."""
+    def stem(self, in_channels: int, out_channels: int, patch_size: int) -> nn.Module | None:
+        """Embed the image: ``(B, in, *S) -> (B, out, *S / patch_size)``.
+
+        ``None`` means no separate stem: stage 0 then maps ``in_channels`` to
+        ``channels[0]`` itself (a plain U-Net's first level, at ``patch_size`` 1).
+        """
         raise NotImplementedError
 
     def stage(self, in_channels: int, out_channels: int, num_blocks: int,
@@ -188,17 +192,21 @@ class StagedEncoder(Encoder):
                               f"{len(channels)} levels; give one number or one per level")
         rates = drop_path_schedule(cfg.drop_path, counts)
         self.stem = self.blocks.stem(cfg.in_channels, channels[0], cfg.patch_size)
+        if self.stem is None and cfg.patch_size != 1:
+            raise ConfigError(f"encoder family {cfg.name!r} has no stem for patch_size {cfg.patch_size}; use 1")
         self.downs = nn.ModuleList()
         self.stages = nn.ModuleList()
         for i, width in enumerate(channels):
             if i > 0:
                 self.downs.append(self.blocks.down(channels[i - 1], width, 2))
-            self.stages.append(self.blocks.stage(width, width, counts[i], rates[i]))
+            first = cfg.in_channels if i == 0 and self.stem is None else width
+            self.stages.append(self.blocks.stage(first, width, counts[i], rates[i]))
         self.feature_channels = channels
         self.feature_strides = [cfg.patch_size * 2 ** i for i in range(len(channels))]
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> list[torch.Tensor]:
-        x = self.stem(x)
+        if self.stem is not None:
+            x = self.stem(x)
         features = []
         for i, stage in enumerate(self.stages):
             if i > 0:

@@ -20,7 +20,7 @@ BLOCKS = {"conv": (1, False), "double_conv": (2, False), "res_conv": (2, True)}
 @dataclasses.dataclass
 class CNNOptions:
     block: str = "double_conv"   # conv | double_conv | res_conv
-    down: str = "conv"           # conv (strided) | pool (max-pool + conv)
+    down: str = "conv"           # conv (strided conv unit) | pool (max-pool + 1×1 projection)
     up: str = "transpose"        # transpose | interp (interpolation + 1×1 conv)
     kernel_size: int = 3
 
@@ -46,9 +46,9 @@ class CNNFamily(BlockFamily):
         c = self.cfg
         return conv_unit(c.dims, cin, cout, kernel or self.options.kernel_size, c.norm, c.act, c.dropout, stride)
 
-    def stem(self, in_channels: int, out_channels: int, patch_size: int) -> nn.Module:
+    def stem(self, in_channels: int, out_channels: int, patch_size: int) -> nn.Module | None:
         if patch_size == 1:
-            return self._unit(in_channels, out_channels)
+            return None  # the first stage's blocks see the image directly, as in a plain U-Net
         return self._unit(in_channels, out_channels, stride=patch_size, kernel=patch_size)
 
     def stage(self, in_channels: int, out_channels: int, num_blocks: int,
@@ -65,7 +65,7 @@ class CNNFamily(BlockFamily):
     def down(self, in_channels: int, out_channels: int, factor: int = 2) -> nn.Module:
         if self.options.down == "pool":
             pool = nn.MaxPool2d(factor) if self.dims == 2 else nn.MaxPool3d(factor)
-            return nn.Sequential(pool, self._unit(in_channels, out_channels))
+            return nn.Sequential(pool, layers.conv(self.dims, in_channels, out_channels, kernel_size=1))
         return self._unit(in_channels, out_channels, stride=factor, kernel=max(3, factor))
 
     def up(self, in_channels: int, out_channels: int, factor: int = 2) -> nn.Module:
