@@ -106,3 +106,16 @@ def test_pyramid_loss_factory_rejects_itself():
         build_loss({"name": "pyramid", "losses": ["pyramid"]}, 2, 2)
     with pytest.raises(ConfigError, match="target_resize"):
         build_loss({"name": "pyramid", "losses": ["mse"], "target": "image", "target_resize": "majority"}, 1, 2)
+
+
+def test_per_loss_log_sums_each_configured_loss_over_the_pyramid():
+    torch.manual_seed(2)
+    y = torch.rand(1, 1, 4, 4)
+    outs = [torch.rand(1, 1, 4, 4), torch.rand(1, 1, 2, 2)]
+    criterion = build_loss([{"name": "mse", "weight": 2.0}, {"name": "l1"}], 1, 2)
+    total = PyramidLoss(criterion, target="image", pyramid_weight=0.5)(outs, y)
+    y2 = _block_mean(y, 2)
+    mse = ((outs[0] - y) ** 2).mean() + 0.5 * ((outs[1] - y2) ** 2).mean()
+    l1 = (outs[0] - y).abs().mean() + 0.5 * (outs[1] - y2).abs().mean()
+    assert criterion.last == pytest.approx({"mse": float(mse), "l1": float(l1)})
+    assert float(total) == pytest.approx(2 * float(mse) + float(l1))

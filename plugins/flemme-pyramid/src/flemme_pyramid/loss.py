@@ -130,6 +130,8 @@ class PyramidLoss(DeepSupervisionLoss):
         self.target_resize = resize
         self.last: dict[str, float] = {}
         self._terms: list[float] = []
+        self._weights: list[float] = []
+        self._per_loss: dict[str, float] = {}
 
     def get_weights(self, levels: int = 1) -> list[float]:
         """Weight 1 for the fused output, then ``pyramid_weight * λ_i`` for each level."""
@@ -142,16 +144,25 @@ class PyramidLoss(DeepSupervisionLoss):
                              f"have different ranks; targets must be (B, C, *spatial)")
         target = resize_target(target, input.shape[2:], self.target_kind, self.target_resize, input.shape[1])
         value = self.loss(input, target)
+        weight = self._weights[len(self._terms)] if len(self._terms) < len(self._weights) else 1.0
+        for key, term in getattr(self.loss, "last", {}).items():  # per configured loss, pyramid-weighted
+            self._per_loss[key] = self._per_loss.get(key, 0.0) + weight * term
         self._terms.append(float(value.detach()))
         return value
 
     def forward(self, input: torch.Tensor | list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
-        self._terms = []
+        """The loss; afterwards ``last`` holds every level's value, and the wrapped criterion's
+        ``last`` (flemme's per-loss log) holds each configured loss summed over the pyramid."""
+        many = isinstance(input, (list, tuple))
+        self._terms, self._per_loss = [], {}
+        self._weights = self.get_weights(len(input)) if many else [1.0]
         total = super().forward(input, target)
-        if isinstance(input, (list, tuple)):
+        if many:
             names = ["loss_fused"] + [f"loss_level{i}_{'x'.join(map(str, o.shape[2:]))}"
                                       for i, o in enumerate(input[1:], start=1)]
             self.last = {**dict(zip(names, self._terms)), "loss": float(total.detach())}
+            if self._per_loss and isinstance(getattr(self.loss, "last", None), dict):
+                self.loss.last = dict(self._per_loss)
         else:
             self.last = {"loss": float(total.detach())}
         return total
