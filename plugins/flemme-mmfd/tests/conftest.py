@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from mmfd_testutil import ProbePlugin
 
 import flemme_core
-from mmfd_testutil import ProbePlugin
 
 torch.set_num_threads(2)
 

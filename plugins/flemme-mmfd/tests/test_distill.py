@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from flemme_mmfd.distill import logit_distillation
 from mmfd_testutil import probe
 
 from flemme_core import build_model, save_model
 from flemme_core.errors import ConfigError
 from flemme_core.losses import build_loss
 from flemme_core.registry import get_registry
-from flemme_mmfd.distill import logit_distillation
 
 CNN = {"name": "cnn", "channels": [8, 16], "norm": "group"}
 TEACHER = {"name": "mmfd", "branches": [{**CNN, "freeze": True, "lora": {"targets": ["conv"], "rank": 2}},

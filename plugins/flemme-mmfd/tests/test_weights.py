@@ -6,6 +6,7 @@ import warnings
 
 import pytest
 import torch
+from flemme_mmfd.weights import remap_keys
 from mmfd_testutil import probe
 from safetensors.torch import save_file
 
@@ -13,7 +14,6 @@ from flemme_core import build_model, load_model, save_model
 from flemme_core.build import build_encoder
 from flemme_core.config import encoder_config_from_dict
 from flemme_core.errors import CheckpointError, ConfigError
-from flemme_mmfd.weights import remap_keys
 
 CNN = {"name": "cnn", "channels": [8, 16], "norm": "group"}
 
@@ -65,7 +65,7 @@ def test_foreign_weights_load_through_key_map(tmp_path):
 
 def test_missing_and_unexpected_keys_are_reported(tmp_path):
     state = foreign_state(cnn_encoder())
-    dropped = sorted(state)[0]
+    dropped = min(state)
     del state[dropped]
     state["backbone.extra.weight"] = torch.zeros(3)
     path = tmp_path / "partial.safetensors"

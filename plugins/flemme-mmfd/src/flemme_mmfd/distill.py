@@ -14,15 +14,17 @@ teacher (eval mode, no gradients, run under ``no_grad``) and trains the student 
 teacher level with the student level of nearest stride; a learned 1×1 projector bridges
 different widths and the student map is resampled to the teacher's grid.
 
-``forward``/``predict`` run the model being trained during the teacher stage (so the
-trainer's validation measures the teacher) and the student otherwise: a freshly built or
-loaded model predicts with the student.
+``forward``/``predict`` always run the student (what is deployed, and what the trainer's
+validation and ``best`` checkpoint follow); the teacher is ``model.teacher``, an ordinary
+architecture that can be evaluated or saved on its own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -90,23 +92,21 @@ def logit_distillation(student: torch.Tensor, teacher: torch.Tensor, temperature
     return kl.mean() * t2
 
 
-class _Capture:
-    """Forward hooks that record a module's latest output (features, logits) during a call."""
+@contextlib.contextmanager
+def capture(*modules: nn.Module) -> Iterator[list[Any]]:
+    """Record each module's latest output (features, logits) while the block runs."""
+    outputs: list[Any] = [None] * len(modules)
 
-    def __init__(self, *modules: nn.Module):
-        self.outputs: list[Any] = [None] * len(modules)
-        self.handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(modules)]
-
-    def _hook(self, i: int):
+    def hook(i: int):
         def grab(_module, _inputs, output):
-            self.outputs[i] = output
+            outputs[i] = output
         return grab
 
-    def __enter__(self) -> _Capture:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for h in self.handles:
+    handles = [m.register_forward_hook(hook(i)) for i, m in enumerate(modules)]
+    try:
+        yield outputs
+    finally:
+        for h in handles:
             h.remove()
 
 
@@ -152,7 +152,7 @@ class Distill(Architecture):
 
     # -- structure -----------------------------------------------------------------
     @property
-    def encoder(self):  # noqa: D102 - the deployed (student) encoder, as the contract expects
+    def encoder(self):
         return self.student.encoder
 
     def _feature_pairs(self, opts: DistillOptions) -> tuple[list[tuple[int, int]], nn.ModuleList]:
@@ -178,10 +178,6 @@ class Distill(Architecture):
             projectors.append(nn.Identity() if same else layers.conv(self.config.dims, sc, tc, kernel_size=1))
             pairs.append((t, s))
         return pairs, projectors
-
-    def active(self) -> Architecture:
-        """The model being trained now: the teacher in its stage, the student otherwise."""
-        return self.teacher if getattr(self, "stage", None) == "teacher" else self.student
 
     # -- stages --------------------------------------------------------------------
     def training_stages(self) -> list[str]:
@@ -209,21 +205,20 @@ class Distill(Architecture):
 
     # -- what the trainer calls ----------------------------------------------------
     def inputs_and_target(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.active().inputs_and_target(batch)
+        return self.student.inputs_and_target(batch)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> Any:
-        model = self.active()
-        return model(x) if context is None else model(x, context)
+        return self.student(x) if context is None else self.student(x, context)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        return self.active().predict(x)
+        return self.student.predict(x)
 
     def example_input(self, batch_size: int = 1) -> torch.Tensor:
         return self.student.example_input(batch_size)
 
     def validation_metrics(self, batch: Batch) -> dict[str, float] | None:
-        return self.active().validation_metrics(batch)
+        return self.student.validation_metrics(batch)
 
     def training_loss(self, batch: Batch, criterion: nn.Module) -> tuple[torch.Tensor, dict[str, float]]:
         if self.stage == "teacher":
@@ -235,16 +230,16 @@ class Distill(Architecture):
         """The student stage's weighted sum of task, feature and logit terms, and each term."""
         opts: DistillOptions = self.options
         x, _ = self.student.inputs_and_target(batch)
-        with torch.no_grad(), _Capture(self.teacher.encoder) as cap:
+        with torch.no_grad(), capture(self.teacher.encoder) as got:
             t_out = self.teacher(x)
-        t_feats = cap.outputs[0]
-        with _Capture(self.student.encoder, self.student) as cap:
+        t_feats = got[0]
+        with capture(self.student.encoder, self.student) as got:
             task, logs = self.student.training_loss(batch, criterion)
-        s_feats, s_out = cap.outputs
+        s_feats, s_out = got
         if s_feats is None or s_out is None:  # the inner loss bypassed __call__: run the student once more
-            with _Capture(self.student.encoder) as cap:
+            with capture(self.student.encoder) as got:
                 s_out = self.student(x)
-            s_feats = cap.outputs[0]
+            s_feats = got[0]
         feat = sum(F.mse_loss(resample(proj(s_feats[s]), t_feats[t].shape[2:]), t_feats[t])
                    for (t, s), proj in zip(self.pairs, self.projectors)) / len(self.pairs)
         total = opts.task_weight * task + opts.feature_weight * feat
@@ -260,11 +255,11 @@ class Distill(Architecture):
         """Registered components besides model.encoder and the architecture (for checkpoints)."""
         out = [("architecture", self.options.inner), ("encoder", self.teacher.config.encoder.name)]
         for enc in (self.teacher.encoder, self.student.encoder):
-            out += getattr(enc, "components", lambda: [])()
+            out += getattr(enc, "components", list)()
         return list(dict.fromkeys(out))
 
     def summary_extra(self) -> dict[str, Any]:
-        count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+        count = lambda m: sum(p.numel() for p in m.parameters())
         return {"stages": self.training_stages(), "teacher_parameters": count(self.teacher),
                 "student_parameters": count(self.student), "projector_parameters": count(self.projectors),
                 "distilled_levels": [{"teacher": t, "student": s} for t, s in self.pairs]}

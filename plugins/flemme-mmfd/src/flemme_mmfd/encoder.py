@@ -106,7 +106,7 @@ class FusionEncoder(Encoder):
         if abs(value - round(value)) > 1e-6 or round(value) < 1:
             raise ConfigError(f"anchor stride {value:g} is not a whole number (a branch's input_size rescales "
                               f"it); give anchor as a fixed integer stride")
-        return int(round(value))
+        return round(value)
 
     def _decoder_blocks(self, spec: Any, cfg: EncoderConfig) -> BlockFamily:
         if spec is None:

@@ -134,7 +134,7 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - not a dict
     except Exception as exc:  # noqa: BLE001 - any parse failure is a corrupt file to the user
         raise CheckpointError(f"{str(path)!r} is not a readable safetensors file: "
                               f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
