@@ -130,3 +130,46 @@ def test_checkpoint_round_trip(tmp_path, arch):
     if arch == "distill":
         assert torch.allclose(model.teacher.predict(x), loaded.teacher.predict(x), atol=1e-6)
         assert "encoder:mmfd" in loaded.checkpoint_metadata["components"]
+
+
+README_RULES = r'''
+prefix: "image_encoder."
+key_map:
+  - ["^patch_embed\\.proj\\.", "stem.proj."]
+  - ["^pos_embed$", "stem.pos"]
+  - ["^blocks\\.(\\d+)\\.attn\\.proj\\.", "stages.0.blocks.\\1.attn.out_proj."]
+  - ["^blocks\\.(\\d+)\\.mlp\\.lin(\\d)\\.", "stages.0.blocks.\\1.mlp.linear\\2."]
+  - ["^blocks\\.", "stages.0.blocks."]
+  - ["^neck\\.", null]
+  - ["^patch_embed\\.norm\\.", "stem.norm."]
+'''
+
+
+def sam_style_name(key: str) -> str:
+    """The inverse of the README's rules: flemme-vit names -> SAM-style ViT names."""
+    import re
+
+    key = key.replace("stem.proj.", "patch_embed.proj.").replace("stem.norm.", "patch_embed.norm.")
+    key = "pos_embed" if key == "stem.pos" else key
+    key = re.sub(r"^stages\.0\.blocks\.(\d+)\.attn\.out_proj\.", r"blocks.\1.attn.proj.", key)
+    key = re.sub(r"^stages\.0\.blocks\.(\d+)\.mlp\.linear(\d)\.", r"blocks.\1.mlp.lin\2.", key)
+    return "image_encoder." + re.sub(r"^stages\.0\.blocks\.", "blocks.", key)
+
+
+def test_readme_key_map_loads_a_sam_style_vit(tmp_path):
+    import yaml
+
+    from flemme_core.registry import get_registry
+
+    if "vit" not in get_registry().components("encoder"):
+        pytest.skip("flemme-vit is not installed")
+    branch = {"name": "vit", "channels": [32], "patch_size": 8, "num_blocks": 2, **yaml.safe_load(README_RULES)}
+    source = fused_with({k: v for k, v in branch.items() if k not in ("prefix", "key_map")}).branches[0].encoder
+    state = {sam_style_name(k): v.clone().contiguous() for k, v in source.state_dict().items()}
+    state["image_encoder.neck.0.weight"] = torch.zeros(4)          # dropped by a null rule
+    state["prompt_encoder.point_embeddings.0.weight"] = torch.zeros(2)  # outside the prefix
+    save_file(state, str(tmp_path / "sam_like.safetensors"))
+    enc = fused_with({**branch, "weights": str(tmp_path / "sam_like.safetensors")})
+    assert enc.branches[0].report.ok
+    for k, v in source.state_dict().items():
+        assert torch.equal(enc.branches[0].encoder.state_dict()[k], v)

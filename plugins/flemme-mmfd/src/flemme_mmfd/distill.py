@@ -251,6 +251,10 @@ class Distill(Architecture):
         return total, out
 
     # -- introspection ---------------------------------------------------------------
+    def evaluation_variants(self) -> dict[str, Architecture]:
+        """Sub-models worth evaluating side by side (proposed generic hook for ``flemme eval``)."""
+        return {"teacher": self.teacher, "student": self.student}
+
     def extra_components(self) -> list[tuple[str, str]]:
         """Registered components besides model.encoder and the architecture (for checkpoints)."""
         out = [("architecture", self.options.inner), ("encoder", self.teacher.config.encoder.name)]
