@@ -66,6 +66,17 @@ def _launch_args(config_path: str | None, data: str | None, sets: tuple[str, ...
     return args
 
 
+def _finite(value: Any) -> Any:
+    """NaN/inf -> null, so the JSON is valid for every reader."""
+    if isinstance(value, float) and value != value or value in (float("inf"), float("-inf")):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _print_metrics(metrics: dict[str, float], header: str) -> None:
     click.echo(header)
     width = max((len(k) for k in metrics), default=0)
@@ -142,7 +153,7 @@ def eval_command(checkpoint, data, sets, json_path, per_item, device) -> None:
     if json_path:
         from pathlib import Path
 
-        Path(json_path).write_text(json.dumps(result, indent=1, default=str))
+        Path(json_path).write_text(json.dumps(_finite(result), indent=1, default=str))
         click.echo(f"wrote {json_path}")
 
 

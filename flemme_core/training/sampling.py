@@ -114,6 +114,9 @@ def collate(samples: list[Any]) -> dict[str, Any]:
 
 def make_train_loader(dataset: Dataset, sampler: StepBatchSampler, num_workers: int,
                       pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    # a private generator: creating the loader's iterator must not draw from the global RNG
+    # (that would shift dropout masks after a resume); augmentation is seeded per item anyway
+    generator = torch.Generator().manual_seed(sampler.order.seed)
     return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
-                                       collate_fn=collate, pin_memory=pin_memory,
+                                       collate_fn=collate, pin_memory=pin_memory, generator=generator,
                                        persistent_workers=False)

@@ -22,7 +22,7 @@ from torch import nn
 from ..errors import ConfigError, FlemmeError, unknown_name_message
 from . import setup as S
 from .config import RunConfig
-from .distributed import DistContext, any_flag, barrier, init_distributed, shutdown
+from .distributed import DistContext, all_reduce_sum, any_flag, barrier, init_distributed, shutdown
 from .evaluation import EvalSettings, autocast, evaluate
 from .logs import MetricsLog, Progress
 from .metrics import HIGHER_IS_BETTER, TASK_METRICS, check_metric_names
@@ -255,8 +255,8 @@ class Trainer:
                 sums[k] = sums.get(k, 0.0) + v
             count += 1
             if self.step % cfg.log_every == 0 or self.step == stage["end"]:
-                row = {"step": self.step, "split": "train", "stage": stage["name"], "lr": lr,
-                       **{k: v / count for k, v in sums.items()}}
+                means = self._mean_over_ranks(sums, count)
+                row = {"step": self.step, "split": "train", "stage": stage["name"], "lr": lr, **means}
                 self.log.write(row)
                 sums, count = {}, 0
             validate = cfg.val_every and self.step % cfg.val_every == 0 and self.step < self.total_steps
@@ -271,6 +271,13 @@ class Trainer:
             if self.monitor in self.last_val:
                 postfix[self.monitor] = self.last_val[self.monitor]
             progress.update(self.step, postfix)
+
+    def _mean_over_ranks(self, sums: dict[str, float], count: int) -> dict[str, float]:
+        """Interval means of the logged terms, averaged over processes (same keys on every rank)."""
+        keys = sorted(sums)
+        flat = all_reduce_sum(torch.tensor([sums[k] for k in keys] + [float(count)], dtype=torch.float64),
+                              self.ctx)
+        return {k: float(flat[i] / flat[-1]) for i, k in enumerate(keys)}
 
     def _num_workers(self) -> int:
         from ..data import data_config_from_dict
