@@ -24,20 +24,29 @@ def selective_scan_ref(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B:
                        C: torch.Tensor, D: torch.Tensor | None = None, z: torch.Tensor | None = None,
                        delta_bias: torch.Tensor | None = None, delta_softplus: bool = False) -> torch.Tensor:
     """h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t;  y_t = C_t . h_t + D u_t;  out = y * silu(z)."""
-    channels, length = u.shape[1], u.shape[2]
+    batch, channels, length = u.shape
     if delta_bias is not None:
         delta = delta + delta_bias[:, None]
     if delta_softplus:
         delta = F.softplus(delta)
-    Bx, Cx = expand_groups(B, channels), expand_groups(C, channels)
-    decay = torch.exp(delta.unsqueeze(-1) * A[:, None, :])            # (b, ch, L, N)
-    drive = (delta * u).unsqueeze(-1) * Bx.transpose(-1, -2)           # (b, ch, L, N)
-    h = u.new_zeros(u.shape[0], channels, A.shape[1])
+    if B.dim() == 3:
+        B, C = B.unsqueeze(1), C.unsqueeze(1)
+    groups, n = B.shape[1], A.shape[1]
+    per = channels // groups
+    A = A.reshape(groups, per, n)
+
+    def steps(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Time-major contiguous copies, one view per step (one cheap backward through unbind)."""
+        return x.movedim(-1, 0).contiguous().unbind(0)
+
+    us, dts = steps(u.reshape(batch, groups, per, length)), steps(delta.reshape(batch, groups, per, length))
+    Bs, Cs = steps(B), steps(C)                                          # L x (batch, groups, N)
+    h = u.new_zeros(batch, groups, per, n)
     ys = []
     for t in range(length):
-        h = decay[:, :, t] * h + drive[:, :, t]
-        ys.append((h * Cx[..., t]).sum(-1))
-    y = torch.stack(ys, dim=-1)
+        h = torch.exp(dts[t].unsqueeze(-1) * A) * h + (dts[t] * us[t]).unsqueeze(-1) * Bs[t].unsqueeze(2)
+        ys.append((h * Cs[t].unsqueeze(2)).sum(-1))
+    y = torch.stack(ys, dim=-1).reshape(batch, channels, length)
     if D is not None:
         y = y + D[:, None] * u
     if z is not None:
