@@ -118,7 +118,14 @@ def train_command(config_path, data, sets, resume, overwrite, nproc, quiet, **fl
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         from .training.distributed import launch
 
-        _run_config(config_path, data, sets, flags)  # fail here, once, on a bad config
+        run = _run_config(config_path, data, sets, flags)  # fail here, once, on a bad config
+        from .data import data_config_from_dict
+        from .errors import ConfigError
+
+        batch = data_config_from_dict(run.data).batch_size
+        if batch % nproc:
+            raise ConfigError(f"data.batch_size {batch} must be divisible by the {nproc} processes; "
+                              f"use a multiple of {nproc}")
         code = launch(nproc, _launch_args(config_path, data, sets, flags, resume, overwrite, quiet))
         sys.exit(code)
     from .training import train
