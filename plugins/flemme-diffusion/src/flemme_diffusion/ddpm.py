@@ -43,8 +43,8 @@ class DDPMOptions(DenoiserOptions):
         choice(self.sampler, ["ddpm", "ddim"], "model.arch_options.sampler")
         if self.timesteps < 2:
             raise ConfigError(f"model.arch_options.timesteps must be at least 2, got {self.timesteps}")
-        if not 1 <= self.sample_steps <= self.timesteps:
-            raise ConfigError(f"model.arch_options.sample_steps must be in 1..{self.timesteps}, got {self.sample_steps}")
+        if self.sample_steps < 1:
+            raise ConfigError(f"model.arch_options.sample_steps must be >= 1, got {self.sample_steps}")
 
 
 class DDPM(DenoiserArchitecture):
@@ -135,7 +135,7 @@ class DDPM(DenoiserArchitecture):
         if sampler not in self.samplers:
             raise ConfigError(f"{self.config.arch} samples with {' or '.join(self.samplers)}, not {sampler!r}; "
                               f"use --sampler {self.samplers[-1]}")
-        return sampler, steps or self.options.sample_steps
+        return sampler, steps or min(self.options.sample_steps, self.options.timesteps)
 
     def sample(self, n: int, sampler: str | None = None, steps: int | None = None, seed: int | None = 0,
                condition: Any = None, guidance: float | None = None, progress: bool = False) -> torch.Tensor:

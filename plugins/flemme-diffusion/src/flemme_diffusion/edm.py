@@ -99,7 +99,7 @@ class EDM(DenoiserArchitecture):
         o = self.options
         sigma = (torch.randn(x0.shape[0], device=x0.device) * o.p_std + o.p_mean).exp()
         loss = self._loss_at(x0, sigma, torch.randn_like(x0), labels).mean()
-        return loss, {"weighted_mse": float(loss)}
+        return loss, {"weighted_mse": float(loss.detach())}
 
     @torch.no_grad()
     def validation_metrics(self, batch: Batch) -> dict[str, float]:

@@ -56,7 +56,7 @@ def respaced_ddpm(base, steps: int):
     kept = torch.linspace(total - 1, 0, steps).round().long().flip(0).unique()  # ascending, distinct
     acp = base.alphas_cumprod[kept].float()
     prev = torch.cat([torch.ones(1), acp[:-1]])
-    betas = (1.0 - acp / prev).clamp(max=0.999)
+    betas = 1.0 - acp / prev  # no clipping: keeps cumprod(alphas) == the trained alpha_bar
     sched = DDPMScheduler(num_train_timesteps=len(kept), prediction_type=base.prediction_type,
                           clip_sample=base.clip_sample, variance_type=base.variance_type)
     sched.betas, sched.alphas, sched.alphas_cumprod = betas, 1.0 - betas, acp

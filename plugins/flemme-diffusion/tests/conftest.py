@@ -1,0 +1,14 @@
+"""Small, deterministic fixtures for flemme-diffusion's tests (no data, no downloads)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    yield
+
