@@ -30,8 +30,9 @@ def test_ddim_matches_monai_step_sequence(monkeypatch, prediction, schedule):
     steps, n, seed = 10, 3, 7
     ours = model.sample(n, sampler="ddim", steps=steps, seed=seed)
 
+    betas = {} if schedule == "cosine" else {"beta_start": 1e-3, "beta_end": 0.2}  # 1000-step range x 10
     sched = DDIMScheduler(num_train_timesteps=100, schedule=schedules.SCHEDULES[schedule],
-                          prediction_type=schedules.PREDICTIONS[prediction], clip_sample=True)
+                          prediction_type=schedules.PREDICTIONS[prediction], clip_sample=True, **betas)
     sched.set_timesteps(steps)
     x = torch.stack([torch.randn(1, 32, 32, generator=torch.Generator().manual_seed(seed + i)) for i in range(n)])
     reference_calls: list = []

@@ -15,10 +15,10 @@ from flemme_core.errors import CheckpointError, ShapeError
 
 @pytest.mark.parametrize("mode", ["concat", "inject"])
 def test_sdm_ensemble_mean_and_spread(mode):
-    model = build("sdm", condition_mode=mode, timesteps=20)
-    x = torch.rand(3, 1, 32, 32)
+    model = build("sdm", size=16, condition_mode=mode, timesteps=20)
+    x = torch.rand(3, 1, 16, 16)
     mean, std = model.predict_with_uncertainty(x, n=4, steps=3)
-    assert mean.shape == std.shape == (3, 1, 32, 32)
+    assert mean.shape == std.shape == (3, 1, 16, 16)
     assert (std > 0).any() and (std >= 0).all()
     samples = model.sample(4, steps=3, condition=x[1], seed=0)
     expected = model.predict_with_uncertainty(x[1:2], n=4, steps=3, seed=0)
@@ -29,25 +29,25 @@ def test_sdm_ensemble_mean_and_spread(mode):
 
 
 def test_sdm_condition_shape_errors():
-    model = build("sdm", timesteps=20)
+    model = build("sdm", size=16, timesteps=20)
     with pytest.raises(ShapeError, match="condition has shape"):
-        model.sample(2, steps=2, condition=torch.rand(1, 16, 16))
+        model.sample(2, steps=2, condition=torch.rand(1, 8, 8))
     with pytest.raises(ShapeError, match="condition has shape"):
-        model.sample(2, steps=2, condition=torch.rand(3, 1, 32, 32))
+        model.sample(2, steps=2, condition=torch.rand(3, 1, 16, 16))
     with pytest.raises(ShapeError, match="input image"):
         model.sample(2, steps=2)
 
 
 def test_class_condition_errors_and_guidance():
-    model = build("ddpm", num_classes=3, timesteps=20)
+    model = build("ddpm", size=16, num_classes=3, timesteps=20)
     out = model.sample(2, steps=2, condition=[0, 2], guidance=2.0)
-    assert out.shape == (2, 1, 32, 32)
+    assert out.shape == (2, 1, 16, 16)
     with pytest.raises(ShapeError, match="out of range"):
         model.sample(2, steps=2, condition=3)
     with pytest.raises(ShapeError, match="one index or 2"):
         model.sample(2, steps=2, condition=[0, 1, 2])
     with pytest.raises(ShapeError, match="unconditional"):
-        build("ddpm", timesteps=20).sample(1, steps=2, condition=1)
+        build("ddpm", size=16, timesteps=20).sample(1, steps=2, condition=1)
 
 
 def _save_autoencoder(path, arch="vae", **opts):

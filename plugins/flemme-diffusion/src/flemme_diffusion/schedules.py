@@ -8,6 +8,8 @@ Two adaptations, both small and documented:
   kept timesteps, and a wrapper that maps its step index back to the trained timestep
   before calling the network. With all steps kept it is MONAI's scheduler unchanged.
 * DDIM: MONAI's ``DDIMScheduler`` with ``set_timesteps(steps)``, as is.
+
+``beta_start``/``beta_end`` are given for a 1000-step schedule and scaled to ``timesteps``.
 """
 
 from __future__ import annotations
@@ -20,8 +22,14 @@ PREDICTIONS = {"epsilon": "epsilon", "v": "v_prediction", "sample": "sample"}
 SCHEDULES = {"linear": "linear_beta", "scaled_linear": "scaled_linear_beta", "cosine": "cosine"}
 
 
-def _schedule_args(schedule: str, beta_start: float, beta_end: float) -> dict[str, float]:
-    return {} if schedule == "cosine" else {"beta_start": beta_start, "beta_end": beta_end}
+def _schedule_args(schedule: str, beta_start: float, beta_end: float, timesteps: int) -> dict[str, float]:
+    """Beta range for ``timesteps``: the usual values are for 1000 steps, so they are scaled by
+    1000 / timesteps (Nichol & Dhariwal, 2021); otherwise a short linear schedule never reaches
+    noise (100 steps of 1e-4..2e-2 leave alpha_bar_T = 0.37, and sampling from N(0, I) fails)."""
+    if schedule == "cosine":
+        return {}
+    scale = 1000.0 / timesteps
+    return {"beta_start": beta_start * scale, "beta_end": min(beta_end * scale, 0.999)}
 
 
 def ddpm_scheduler(timesteps: int, schedule: str, prediction: str, beta_start: float = 1e-4,
@@ -31,7 +39,7 @@ def ddpm_scheduler(timesteps: int, schedule: str, prediction: str, beta_start: f
 
     return DDPMScheduler(num_train_timesteps=timesteps, schedule=SCHEDULES[schedule],
                          prediction_type=PREDICTIONS[prediction], clip_sample=clip_sample,
-                         **_schedule_args(schedule, beta_start, beta_end))
+                         **_schedule_args(schedule, beta_start, beta_end, timesteps))
 
 
 def ddim_scheduler(timesteps: int, schedule: str, prediction: str, steps: int, beta_start: float = 1e-4,
@@ -41,7 +49,7 @@ def ddim_scheduler(timesteps: int, schedule: str, prediction: str, steps: int, b
 
     sched = DDIMScheduler(num_train_timesteps=timesteps, schedule=SCHEDULES[schedule],
                           prediction_type=PREDICTIONS[prediction], clip_sample=clip_sample,
-                          **_schedule_args(schedule, beta_start, beta_end))
+                          **_schedule_args(schedule, beta_start, beta_end, timesteps))
     sched.set_timesteps(steps)
     return sched
 
