@@ -28,7 +28,7 @@ def fused(dims: int, size: int, branches: list, **options) -> torch.nn.Module:
 MIXED = [probe(4, 32, id="fine"), probe(8, 96, id="mid"), probe(16, 768, id="coarse")]
 
 
-@pytest.mark.parametrize("dims,size", [(2, 64), (3, 32)])
+@pytest.mark.parametrize("dims,size", [(2, 32), (3, 32)])
 @pytest.mark.parametrize("fusion", FUSIONS)
 def test_mixed_grids_and_widths_align_and_fuse(dims, size, fusion):
     enc = fused(dims, size, MIXED, channels=[16, 24, 32], fusion=fusion,
@@ -108,7 +108,7 @@ def test_zero_initialised_lora_leaves_outputs_unchanged():
     lora = next(m for m in enc.modules() if isinstance(m, (LoRALinear, LoRAConv)))
     torch.nn.init.normal_(lora.lora_b.weight)
     with torch.no_grad():
-        assert not torch.allclose(enc(x)[0], before[0])
+        assert not all(torch.allclose(a, b) for a, b in zip(enc(x), before))
 
 
 def test_frozen_branch_with_lora_trains_only_the_adapters():
