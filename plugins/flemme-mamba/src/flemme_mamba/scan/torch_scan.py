@@ -26,20 +26,24 @@ def _chunked_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if pad:
         a = F.pad(a, (0, 0, 0, pad), value=1.0)
         b = F.pad(b, (0, 0, 0, pad), value=0.0)
-    a = a.reshape(*a.shape[:-2], nc, T, a.shape[-1])
-    b = b.reshape(*b.shape[:-2], nc, T, b.shape[-1])
-    local = torch.empty_like(b)
-    local[..., 0, :] = b[..., 0, :]
-    for i in range(1, T):  # every chunk at once, from a zero state
-        local[..., i, :] = a[..., i, :] * local[..., i - 1, :] + b[..., i, :]
-    prod = torch.cumprod(a, dim=-2)  # decay from each chunk's start
-    carry = torch.zeros_like(b[..., 0, 0, :])
-    starts = []
+    # step-major layout (T, ..., nc, N): every step below reads contiguous memory
+    a = a.reshape(*a.shape[:-2], nc, T, a.shape[-1]).movedim(-2, 0).contiguous()
+    b = b.reshape(*b.shape[:-2], nc, T, b.shape[-1]).movedim(-2, 0).contiguous()
+    local = torch.empty_like(b)   # the scan of each chunk from a zero state
+    prod = torch.empty_like(a)    # the decay from each chunk's start
+    local[0], prod[0] = b[0], a[0]
+    for i in range(1, T):  # every chunk at once
+        torch.addcmul(b[i], a[i], local[i - 1], out=local[i])
+        torch.mul(prod[i - 1], a[i], out=prod[i])
+    last_prod = prod[-1].movedim(-2, 0).contiguous()   # (nc, ..., N)
+    last_local = local[-1].movedim(-2, 0).contiguous()
+    starts = torch.empty_like(last_local)
+    carry = torch.zeros_like(last_local[0])
     for c in range(nc):  # the state entering each chunk
-        starts.append(carry)
-        carry = prod[..., c, -1, :] * carry + local[..., c, -1, :]
-    h = local + prod * torch.stack(starts, dim=-2).unsqueeze(-2)
-    h = h.reshape(*h.shape[:-3], nc * T, h.shape[-1])
+        starts[c] = carry
+        carry = torch.addcmul(last_local[c], last_prod[c], carry)
+    h = torch.addcmul(local, prod, starts.movedim(0, -2).unsqueeze(0))
+    h = h.movedim(0, -2).reshape(*h.shape[1:-2], nc * T, h.shape[-1])
     return h[..., :length, :] if pad else h
 
 

@@ -23,6 +23,9 @@
 #include <mutex>
 #include <thread>
 #include <vector>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 namespace {
 
@@ -50,36 +53,58 @@ template <class S> inline S hsum(typename Vec<S>::V v) {
   return s;
 }
 
-// exp over 8 floats: Cephes-style range reduction and polynomial (about 1 ulp), built
-// from plain vector arithmetic so it needs no libmvec and no -ffast-math. The power of
-// two is clamped in the integer domain: below -87.3 the scale is 0, so exp gives 0.
-inline Vec<float>::V vexp(Vec<float>::V x) {
+// 2^x over 8 floats: x = k + f with k = round(x), f in [-0.5, 0.5], a degree-6 minimax
+// polynomial for 2^f (relative error 2e-9, about 1 ulp once rounded to float) and k put
+// into the exponent bits. Plain vector arithmetic: no libmvec, no -ffast-math. x is first
+// clamped to [-150, 128] (the integer trick needs |x| < 2^22); below -126.5 the power
+// of two is 0, so the result is 0 as exp underflows.
+// Clamps as single min/max instructions where available (gcc does not turn the vector
+// ternaries into them without -ffast-math).
+inline Vec<float>::V vclamp(Vec<float>::V x, float lo, float hi) {
+#if defined(__AVX2__)
+  return (Vec<float>::V)_mm256_min_ps(_mm256_max_ps((__m256)x, _mm256_set1_ps(lo)), _mm256_set1_ps(hi));
+#else
   typedef Vec<float>::V V;
-  typedef Vec<float>::I I;
-  const V magic = V{} + 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  V t = x * 1.44269504088896341f + magic;
-  V k = t - magic;
-  V r = x - k * 0.693359375f + k * 2.12194440e-4f;
-  V p = V{} + 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  I ki = (I)t - (I)magic;
-  const I lo = I{} - 127, hi = I{} + 127;
-  ki = ki < lo ? lo : ki;
-  ki = ki > hi ? hi : ki;
-  return p * (V)((ki + 127) << 23);
+  const V l = V{} + lo, h = V{} + hi;
+  x = l > x ? l : x;
+  return h < x ? h : x;
+#endif
+}
+inline Vec<float>::I vmax(Vec<float>::I k, int32_t lo) {
+#if defined(__AVX2__)
+  return (Vec<float>::I)_mm256_max_epi32((__m256i)k, _mm256_set1_epi32(lo));
+#else
+  const Vec<float>::I l = Vec<float>::I{} + lo;
+  return l > k ? l : k;
+#endif
 }
 
-// fp64 is for gradient checks, not speed: the libm exp lane by lane.
-inline Vec<double>::V vexp(Vec<double>::V x) {
+inline Vec<float>::V vexp2(Vec<float>::V x) {
+  typedef Vec<float>::V V;
+  typedef Vec<float>::I I;
+  const V magic = V{} + 12582912.0f;  // 1.5 * 2^23
+  x = vclamp(x, -150.0f, 128.0f);
+  const V t = x + magic;  // round(x) in the low mantissa bits
+  const V f = x - (t - magic);
+  V p = V{} + 1.5350867241818895e-4f;
+  p = p * f + 1.3399972532704002e-3f;
+  p = p * f + 9.6184701687110630e-3f;
+  p = p * f + 5.5503286472862170e-2f;
+  p = p * f + 2.4022647064058977e-1f;
+  p = p * f + 6.9314720581832670e-1f;
+  p = p * f + 1.0f;
+  const I k = vmax((I)t - (I)magic, -127);  // 2^-127 -> biased exponent 0 -> scale 0
+  return p * (V)((k + 127) << 23);
+}
+
+// fp64 is for gradient checks, not speed: the libm exp2 lane by lane.
+inline Vec<double>::V vexp2(Vec<double>::V x) {
   Vec<double>::V r;
-  for (int i = 0; i < 4; ++i) r[i] = std::exp(x[i]);
+  for (int i = 0; i < 4; ++i) r[i] = std::exp2(x[i]);
   return r;
 }
+
+constexpr double kLog2e = 1.4426950408889634;
 
 }  // namespace
 
@@ -100,162 +125,140 @@ int flemme_scan_abi_version() { return 2; }
 namespace {
 
 constexpr int kMaxVecs = 32;  // N (padded) <= 256 floats
-constexpr int kBlock = 4;     // channels of one B/C group scanned together
+constexpr int kBlock = 2;     // forward: channels of one B/C group scanned together
 
-// A block of CB consecutive channels of one (batch, group): they share B_t and C_t, so
-// these are loaded once per step, and their CB independent recurrences keep the
-// floating-point units busy while each one waits on its own exp.
-template <class S, int NVT, int CB> struct Block {
+// Pointers and constants of one (batch, channel) row and of its B/C group.
+template <class S, int NVT> struct Row {
   typedef typename Vec<S>::V V;
   static constexpr int W = Vec<S>::W;
-  const ScanArgs& a;
-  const int NV;
-  const int64_t L, N, T, nck, bc0;
-  const S *Bm, *Cm;
-  const S* u[CB];
-  const S* dt[CB];
-  S Dk[CB];
-  V Av[CB][NVT > 0 ? NVT : kMaxVecs];
+  const S *u, *dt, *Bm, *Cm;
+  S Dk;
+  V Av[NVT > 0 ? NVT : kMaxVecs];  // A
+  V Al[NVT > 0 ? NVT : kMaxVecs];  // A * log2(e): exp(dt A) = 2^(dt Al)
 
-  Block(const ScanArgs& args, int64_t first)
-      : a(args), NV(NVT > 0 ? NVT : int(args.dstate / W)), L(args.length), N(args.dstate), T(args.chunk),
-        nck((args.length + args.chunk - 1) / args.chunk), bc0(first) {
-    const int64_t K = a.channels, b = bc0 / K, k0 = bc0 % K, g = k0 / (K / a.groups);
+  void init(const ScanArgs& a, int64_t bc, int nv) {
+    const int64_t L = a.length, N = a.dstate, K = a.channels, b = bc / K, k = bc % K, g = k / (K / a.groups);
+    u = static_cast<const S*>(a.u) + bc * L;
+    dt = static_cast<const S*>(a.dt) + bc * L;
     Bm = static_cast<const S*>(a.B) + (b * a.groups + g) * L * N;
     Cm = static_cast<const S*>(a.C) + (b * a.groups + g) * L * N;
-    for (int c = 0; c < CB; ++c) {
-      u[c] = static_cast<const S*>(a.u) + (bc0 + c) * L;
-      dt[c] = static_cast<const S*>(a.dt) + (bc0 + c) * L;
-      Dk[c] = a.D ? static_cast<const S*>(a.D)[k0 + c] : S(0);
-      for (int v = 0; v < NV; ++v) Av[c][v] = vload<S>(static_cast<const S*>(a.A) + (k0 + c) * N + v * W);
-    }
-  }
-
-  void forward() {
-    V h[CB][NVT > 0 ? NVT : kMaxVecs];
-    S* out[CB];
-    S* ck[CB];
-    for (int c = 0; c < CB; ++c) {
-      out[c] = static_cast<S*>(a.out) + (bc0 + c) * L;
-      ck[c] = static_cast<S*>(a.ckpt) + (bc0 + c) * nck * N;
-      for (int v = 0; v < NV; ++v) h[c][v] = V{};
-    }
-    for (int64_t t = 0; t < L; ++t) {
-      if (t % T == 0)
-        for (int c = 0; c < CB; ++c)
-          for (int v = 0; v < NV; ++v) vstore<S>(ck[c] + (t / T) * N + v * W, h[c][v]);
-      const S *Bt = Bm + t * N, *Ct = Cm + t * N;
-      for (int c = 0; c < CB; ++c) {
-        const S d = dt[c][t], ut = u[c][t], du = d * ut;
-        V acc = V{};
-        for (int v = 0; v < NV; ++v) {
-          h[c][v] = vexp(Av[c][v] * d) * h[c][v] + du * vload<S>(Bt + v * W);
-          acc += vload<S>(Ct + v * W) * h[c][v];
-        }
-        out[c][t] = hsum<S>(acc) + Dk[c] * ut;
-      }
-    }
-  }
-
-  // dB/dC of this block's group are accumulated into dBg/dCg (L, N), owned by the caller.
-  // sa: CB * T * N decays, sh: CB * (T + 1) * N states (row 0 = the chunk's initial state).
-  void backward(S* sa, S* sh, S* dBg, S* dCg) {
-    const S* dout[CB];
-    const S* ck[CB];
-    S* du[CB];
-    S* ddt[CB];
-    V dh_next[CB][NVT > 0 ? NVT : kMaxVecs];
-    V dA_chunk[CB][NVT > 0 ? NVT : kMaxVecs];
-    double dA_acc[CB][kMaxVecs * 8];
-    double dD_acc[CB];
-    for (int c = 0; c < CB; ++c) {
-      const int64_t bc = bc0 + c;
-      dout[c] = static_cast<const S*>(a.dout) + bc * L;
-      ck[c] = static_cast<const S*>(a.ckpt) + bc * nck * N;
-      du[c] = static_cast<S*>(a.du) + bc * L;
-      ddt[c] = static_cast<S*>(a.ddt) + bc * L;
-      for (int v = 0; v < NV; ++v) dh_next[c][v] = V{};
-      for (int64_t n = 0; n < N; ++n) dA_acc[c][n] = 0.0;
-      dD_acc[c] = 0.0;
-    }
-    const int64_t TN = T * N, T1N = (T + 1) * N;
-    for (int64_t chk = nck - 1; chk >= 0; --chk) {
-      const int64_t t0 = chk * T, len = std::min(T, L - t0);
-      // 1) recompute this chunk's decays and states from its checkpoint.
-      V h[CB][NVT > 0 ? NVT : kMaxVecs];
-      for (int c = 0; c < CB; ++c)
-        for (int v = 0; v < NV; ++v) {
-          h[c][v] = vload<S>(ck[c] + chk * N + v * W);
-          vstore<S>(sh + c * T1N + v * W, h[c][v]);
-        }
-      for (int64_t i = 0; i < len; ++i) {
-        const int64_t t = t0 + i;
-        const S* Bt = Bm + t * N;
-        for (int c = 0; c < CB; ++c) {
-          const S d = dt[c][t], du_ = d * u[c][t];
-          for (int v = 0; v < NV; ++v) {
-            const V av = vexp(Av[c][v] * d);
-            h[c][v] = av * h[c][v] + du_ * vload<S>(Bt + v * W);
-            vstore<S>(sa + c * TN + i * N + v * W, av);
-            vstore<S>(sh + c * T1N + (i + 1) * N + v * W, h[c][v]);
-          }
-        }
-      }
-      // 2) reverse scan: dh_t = C_t dy_t + a_{t+1} dh_{t+1}.
-      for (int c = 0; c < CB; ++c)
-        for (int v = 0; v < NV; ++v) dA_chunk[c][v] = V{};
-      for (int64_t i = len - 1; i >= 0; --i) {
-        const int64_t t = t0 + i;
-        const S *Bt = Bm + t * N, *Ct = Cm + t * N;
-        S* dBt = dBg + t * N;
-        S* dCt = dCg + t * N;
-        for (int v = 0; v < NV; ++v) {
-          const V Bv = vload<S>(Bt + v * W), Cv = vload<S>(Ct + v * W);
-          V dBv = vload<S>(dBt + v * W), dCv = vload<S>(dCt + v * W);
-          for (int c = 0; c < CB; ++c) {
-            const S dy = dout[c][t], d = dt[c][t];
-            const V av = vload<S>(sa + c * TN + i * N + v * W);
-            const V hp = vload<S>(sh + c * T1N + i * N + v * W);  // h_{t-1}
-            const V hc = vload<S>(sh + c * T1N + (i + 1) * N + v * W);
-            const V dh = dh_next[c][v] + Cv * dy;
-            dCv += dy * hc;
-            dBv += dh * (d * u[c][t]);
-            const V dah = dh * av * hp;  // dL/d(dt A) for this state
-            dA_chunk[c][v] += dah * d;
-            dh_next[c][v] = av * dh;
-            // per-(channel, step) sums over the state, finished below
-            vstore<S>(sa + c * TN + i * N + v * W, dah * Av[c][v] + dh * Bv * u[c][t]);
-            vstore<S>(sh + c * T1N + (i + 1) * N + v * W, dh * Bv);
-          }
-          vstore<S>(dBt + v * W, dBv);
-          vstore<S>(dCt + v * W, dCv);
-        }
-      }
-      // 3) per-step reductions over the state: ddt_t and du_t.
-      for (int c = 0; c < CB; ++c) {
-        for (int64_t i = 0; i < len; ++i) {
-          const int64_t t = t0 + i;
-          V sdt = V{}, sdu = V{};
-          for (int v = 0; v < NV; ++v) {
-            sdt += vload<S>(sa + c * TN + i * N + v * W);
-            sdu += vload<S>(sh + c * T1N + (i + 1) * N + v * W);
-          }
-          const S dy = dout[c][t];
-          ddt[c][t] = hsum<S>(sdt);
-          du[c][t] = dt[c][t] * hsum<S>(sdu) + Dk[c] * dy;
-          dD_acc[c] += double(dy) * double(u[c][t]);
-        }
-        for (int v = 0; v < NV; ++v)
-          for (int j = 0; j < W; ++j) dA_acc[c][v * W + j] += double(dA_chunk[c][v][j]);
-      }
-    }
-    for (int c = 0; c < CB; ++c) {
-      S* dA = static_cast<S*>(a.dA) + (bc0 + c) * N;
-      for (int64_t n = 0; n < N; ++n) dA[n] = S(dA_acc[c][n]);
-      static_cast<S*>(a.dD)[bc0 + c] = S(dD_acc[c]);
+    Dk = a.D ? static_cast<const S*>(a.D)[k] : S(0);
+    for (int v = 0; v < nv; ++v) {
+      Av[v] = vload<S>(static_cast<const S*>(a.A) + k * N + v * W);
+      Al[v] = Av[v] * S(kLog2e);
     }
   }
 };
+
+// Forward of CB consecutive rows of one (batch, group): they share B_t and C_t (loaded
+// once per step), and their independent recurrences overlap each other's exp latency.
+// NVT = N / W when fixed at compile time (loops fully unrolled), 0 = read at run time.
+template <class S, int NVT, int CB> void forward_rows(const ScanArgs& a, int64_t bc0) {
+  typedef typename Vec<S>::V V;
+  constexpr int W = Vec<S>::W;
+  const int NV = NVT > 0 ? NVT : int(a.dstate / W);
+  const int64_t L = a.length, N = a.dstate, T = a.chunk, nck = (L + T - 1) / T;
+  Row<S, NVT> r[CB];
+  for (int c = 0; c < CB; ++c) r[c].init(a, bc0 + c, NV);
+  const S *Bm = r[0].Bm, *Cm = r[0].Cm;
+  V h[CB][NVT > 0 ? NVT : kMaxVecs];
+  S* out[CB];
+  S* ck[CB];
+  for (int c = 0; c < CB; ++c) {
+    out[c] = static_cast<S*>(a.out) + (bc0 + c) * L;
+    ck[c] = static_cast<S*>(a.ckpt) + (bc0 + c) * nck * N;
+    for (int v = 0; v < NV; ++v) h[c][v] = V{};
+  }
+  for (int64_t t = 0; t < L; ++t) {
+    if (t % T == 0)
+      for (int c = 0; c < CB; ++c)
+        for (int v = 0; v < NV; ++v) vstore<S>(ck[c] + (t / T) * N + v * W, h[c][v]);
+    const S *Bt = Bm + t * N, *Ct = Cm + t * N;
+    for (int c = 0; c < CB; ++c) {
+      const S d = r[c].dt[t], ut = r[c].u[t], du = d * ut;
+      V acc = V{};
+      for (int v = 0; v < NV; ++v) {
+        h[c][v] = vexp2(r[c].Al[v] * d) * h[c][v] + du * vload<S>(Bt + v * W);
+        acc += vload<S>(Ct + v * W) * h[c][v];
+      }
+      out[c][t] = hsum<S>(acc) + r[c].Dk * ut;
+    }
+  }
+}
+
+// Backward of one row (blocking rows measured slower here: the scratch outgrows L1).
+// dB/dC of the row's group are accumulated into dBg/dCg (L, N), owned by the caller;
+// sa: T * N decays and sh: (T + 1) * N states (row 0 = the chunk's initial state).
+template <class S, int NVT> void backward_row(const ScanArgs& a, int64_t bc, S* sa, S* sh, S* dBg, S* dCg) {
+  typedef typename Vec<S>::V V;
+  constexpr int W = Vec<S>::W;
+  const int NV = NVT > 0 ? NVT : int(a.dstate / W);
+  const int64_t L = a.length, N = a.dstate, T = a.chunk, nck = (L + T - 1) / T;
+  Row<S, NVT> r;
+  r.init(a, bc, NV);
+  const S* dout = static_cast<const S*>(a.dout) + bc * L;
+  const S* ck = static_cast<const S*>(a.ckpt) + bc * nck * N;
+  S* du = static_cast<S*>(a.du) + bc * L;
+  S* ddt = static_cast<S*>(a.ddt) + bc * L;
+  V dh_next[NVT > 0 ? NVT : kMaxVecs], dA_chunk[NVT > 0 ? NVT : kMaxVecs];
+  double dA_acc[kMaxVecs * 8];
+  double dD_acc = 0.0;
+  for (int v = 0; v < NV; ++v) dh_next[v] = V{};
+  for (int64_t n = 0; n < N; ++n) dA_acc[n] = 0.0;
+  for (int64_t chk = nck - 1; chk >= 0; --chk) {
+    const int64_t t0 = chk * T, len = std::min(T, L - t0);
+    // 1) recompute this chunk's decays and states from its checkpoint.
+    V h[NVT > 0 ? NVT : kMaxVecs];
+    for (int v = 0; v < NV; ++v) {
+      h[v] = vload<S>(ck + chk * N + v * W);
+      vstore<S>(sh + v * W, h[v]);
+    }
+    for (int64_t i = 0; i < len; ++i) {
+      const int64_t t = t0 + i;
+      const S d = r.dt[t], dtu = d * r.u[t];
+      const S* Bt = r.Bm + t * N;
+      for (int v = 0; v < NV; ++v) {
+        const V av = vexp2(r.Al[v] * d);
+        h[v] = av * h[v] + dtu * vload<S>(Bt + v * W);
+        vstore<S>(sa + i * N + v * W, av);
+        vstore<S>(sh + (i + 1) * N + v * W, h[v]);
+      }
+    }
+    // 2) reverse scan: dh_t = C_t dy_t + a_{t+1} dh_{t+1}, and every gradient of step t.
+    for (int v = 0; v < NV; ++v) dA_chunk[v] = V{};
+    for (int64_t i = len - 1; i >= 0; --i) {
+      const int64_t t = t0 + i;
+      const S dy = dout[t], d = r.dt[t], ut = r.u[t], dtu = d * ut;
+      const S *Bt = r.Bm + t * N, *Ct = r.Cm + t * N;
+      S* dBt = dBg + t * N;
+      S* dCt = dCg + t * N;
+      V s_ah = V{}, s_hb = V{};
+      for (int v = 0; v < NV; ++v) {
+        const V av = vload<S>(sa + i * N + v * W);
+        const V hp = vload<S>(sh + i * N + v * W);  // h_{t-1}
+        const V hc = vload<S>(sh + (i + 1) * N + v * W);
+        const V Bv = vload<S>(Bt + v * W);
+        const V dh = dh_next[v] + vload<S>(Ct + v * W) * dy;
+        vstore<S>(dCt + v * W, vload<S>(dCt + v * W) + dy * hc);
+        vstore<S>(dBt + v * W, vload<S>(dBt + v * W) + dh * dtu);
+        const V dah = dh * av * hp;  // dL/d(dt A) of each state
+        dA_chunk[v] += dah * d;
+        dh_next[v] = av * dh;
+        s_ah += dah * r.Av[v];
+        s_hb += dh * Bv;
+      }
+      const S ah = hsum<S>(s_ah), hb = hsum<S>(s_hb);
+      ddt[t] = ah + ut * hb;  // sum_n dh (a A h_{t-1} + B u)
+      du[t] = d * hb + r.Dk * dy;
+      dD_acc += double(dy) * double(ut);
+    }
+    for (int v = 0; v < NV; ++v)
+      for (int j = 0; j < W; ++j) dA_acc[v * W + j] += double(dA_chunk[v][j]);
+  }
+  S* dA = static_cast<S*>(a.dA) + bc * N;
+  for (int64_t n = 0; n < N; ++n) dA[n] = S(dA_acc[n]);
+  static_cast<S*>(a.dD)[bc] = S(dD_acc);
+}
 
 struct Barrier {
   std::mutex m;
@@ -295,25 +298,18 @@ int threads_for(const ScanArgs& a, int64_t max_split) {
   return int(std::max<int64_t>(1, std::min<int64_t>(n, max_split)));
 }
 
-// Channels [lo, hi) of one group in blocks of kBlock, then one by one.
-template <class F> void for_blocks(int64_t lo, int64_t hi, F fn) {
-  int64_t k = lo;
-  for (; k + kBlock <= hi; k += kBlock) fn(k, kBlock);
-  for (; k < hi; ++k) fn(k, 1);
-}
-
 template <class S, int NVT> void forward_impl(const ScanArgs& a) {
   const int64_t per_group = a.channels / a.groups, nseg = a.batch * a.groups;
   const int n = threads_for(a, a.batch * a.channels);
   run_threads(n, [&](int tid) {
-    // Thread tid scans the channels [lo, hi) of the flattened (batch, group, channel) order.
+    // Thread tid scans rows [lo, hi) of the flattened (batch, group, channel) order,
+    // in blocks that never straddle two groups.
     const int64_t total = nseg * per_group, lo = total * tid / n, hi = total * (tid + 1) / n;
     for (int64_t seg = lo / per_group; seg * per_group < hi; ++seg) {
       const int64_t s0 = std::max(lo, seg * per_group), s1 = std::min(hi, (seg + 1) * per_group);
-      for_blocks(s0, s1, [&](int64_t bc, int cb) {
-        if (cb == kBlock) Block<S, NVT, kBlock>(a, bc).forward();
-        else Block<S, NVT, 1>(a, bc).forward();
-      });
+      int64_t bc = s0;
+      for (; bc + kBlock <= s1; bc += kBlock) forward_rows<S, NVT, kBlock>(a, bc);
+      for (; bc < s1; ++bc) forward_rows<S, NVT, 1>(a, bc);
     }
   });
 }
@@ -328,7 +324,7 @@ template <class S, int NVT> void backward_impl(const ScanArgs& a) {
   std::vector<S> priv(n > 1 ? size_t(n) * 2 * L * N : 0);
   Barrier barrier(n);
   run_threads(n, [&](int tid) {
-    std::vector<S> sa(kBlock * T * N), sh(kBlock * (T + 1) * N);
+    std::vector<S> sa(T * N), sh((T + 1) * N);
     S* myB = n > 1 ? priv.data() + size_t(tid) * 2 * L * N : nullptr;
     S* myC = n > 1 ? myB + L * N : nullptr;
     for (int64_t b = 0; b < a.batch; ++b) {
@@ -340,10 +336,7 @@ template <class S, int NVT> void backward_impl(const ScanArgs& a) {
         const int64_t lo = first + per_group * tid / n, hi = first + per_group * (tid + 1) / n;
         S* tB = n > 1 ? myB : outB;
         S* tC = n > 1 ? myC : outC;
-        for_blocks(lo, hi, [&](int64_t bc, int cb) {
-          if (cb == kBlock) Block<S, NVT, kBlock>(a, bc).backward(sa.data(), sh.data(), tB, tC);
-          else Block<S, NVT, 1>(a, bc).backward(sa.data(), sh.data(), tB, tC);
-        });
+        for (int64_t bc = lo; bc < hi; ++bc) backward_row<S, NVT>(a, bc, sa.data(), sh.data(), tB, tC);
         if (n > 1) {
           barrier.wait();
           const int64_t r0 = L * tid / n, r1 = L * (tid + 1) / n;
