@@ -236,11 +236,12 @@ from .cli_sample import sample  # noqa: E402 - generative models (flemme-diffusi
 
 main.add_command(sample)
 
-from .cli_train import eval_command, predict_command, train_command  # noqa: E402 - imports click only
+from .cli_train import demo_command, eval_command, predict_command, train_command  # noqa: E402 - click only
 
 main.add_command(train_command)
 main.add_command(eval_command)
 main.add_command(predict_command)
+main.add_command(demo_command)
 
 
 def run() -> None:  # pragma: no cover - console entry for `python -m flemme_core`

@@ -72,7 +72,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: dict[str, Any] | None = No
         else:
             raise ConfigError(f"flemme eval --set takes data.* keys, train.sw_batch_size or train.overlap; got {key!r}")
     data_cfg["cache"] = False
-    _, val_ds, info = build_datasets(data_cfg, seed=int(extra.get("seed", 0)))
+    train_ds, val_ds, info = build_datasets(data_cfg, seed=int(extra.get("seed", 0)))
     if info.task == "segmentation" and model.task == "segmentation":
         out = model.config.out_channels
         if not (out == info.num_classes or (out == 1 and info.num_classes == 2)):
@@ -81,7 +81,11 @@ def evaluate_checkpoint(checkpoint: str | Path, data: dict[str, Any] | None = No
     settings = _settings(model, extra, dev, info.num_classes, info.class_names, info.spacing)
     settings.sw_batch_size = int(sw_sets.get("sw_batch_size", settings.sw_batch_size))
     settings.overlap = float(sw_sets.get("overlap", settings.overlap))
-    metrics, extras = evaluate(model, val_ds, settings, per_item=per_item, keep_example=False)
+    whole = model.dataset_metrics(val_ds, train_ds)  # generative models: sample quality + controls
+    if whole is not None:
+        metrics, extras = whole, {}
+    else:
+        metrics, extras = evaluate(model, val_ds, settings, per_item=per_item, keep_example=False)
     result = {"checkpoint": str(checkpoint), "data": info.name, "held_out": info.held_out_description,
               "task": model.task, "num_items": len(val_ds), "metrics": metrics}
     if per_item:

@@ -48,12 +48,17 @@ def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
     return torch.float16
 
 
-def seed_everything(seed: int, deterministic: bool) -> None:
-    """Python, numpy and torch RNGs; deterministic kernels where torch has them."""
+def seed_everything(seed: int, deterministic: bool, device: torch.device) -> None:
+    """Python, numpy and torch RNGs; deterministic kernels where torch has them.
+
+    CPU kernels are already deterministic for a fixed thread count, and
+    ``torch.use_deterministic_algorithms`` imports torch's compiler stack (seconds), so
+    it is only switched on for CUDA.
+    """
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    if deterministic:
+    if deterministic and device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.deterministic = True

@@ -63,7 +63,7 @@ class Trainer:
         self.quiet = quiet or not self.ctx.is_main
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        S.seed_everything(cfg.seed, cfg.deterministic)
+        S.seed_everything(cfg.seed, cfg.deterministic, self.device)
         self.amp = S.amp_dtype(cfg.amp, self.device)
         self.train_ds, self.val_ds, self.info = build_datasets(run.data, seed=cfg.seed)
         model_dict = S.complete_model_config(run.model, self.info)
@@ -97,6 +97,7 @@ class Trainer:
         self.example: dict[str, Any] | None = None
         self.last_val: dict[str, float] = {}
         self.step = 0
+        self.step_seconds: list[float] = []  # wall time of each step (data + forward + backward + update)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
 
     # -- planning -------------------------------------------------------------------------
@@ -229,6 +230,7 @@ class Trainer:
         sums: dict[str, float] = {}
         count = 0
         self.model.train()
+        self._tick = time.perf_counter()
         for batch in loader:
             lr = schedule.apply(self.step - stage["start"])
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
@@ -249,6 +251,7 @@ class Trainer:
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             self.step += 1
+            self.step_seconds.append(time.perf_counter() - self._tick)
             terms = {"loss": value, **{k: float(v) for k, v in (logs or {}).items()},
                      **getattr(self.criterion, "last", {})}
             for k, v in terms.items():
@@ -271,6 +274,7 @@ class Trainer:
             if self.monitor in self.last_val:
                 postfix[self.monitor] = self.last_val[self.monitor]
             progress.update(self.step, postfix)
+            self._tick = time.perf_counter()  # validation and checkpoints are not step time
 
     def _mean_over_ranks(self, sums: dict[str, float], count: int) -> dict[str, float]:
         """Interval means of the logged terms, averaged over processes (same keys on every rank)."""
@@ -304,6 +308,7 @@ class Trainer:
     def _summary(self, seconds: float) -> dict[str, Any]:
         return {"run_dir": str(self.run_dir), "steps": self.step, "task": self.task, "monitor": self.monitor,
                 "best": self.best, "final": self.last_val, "seconds": seconds,
+                "seconds_per_step": _median(self.step_seconds[3:] or self.step_seconds),
                 "held_out": self.info.held_out_description, "data": self.info.name,
                 "world_size": self.ctx.world_size}
 
@@ -323,6 +328,13 @@ class Trainer:
                              title=f"held out: step {self.step}")
         except ImportError:  # matplotlib missing: the numbers are still written
             pass
+
+
+def _median(values: list[float]) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
 
 
 def train(run: RunConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> dict[str, Any]:
