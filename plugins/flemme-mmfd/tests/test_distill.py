@@ -164,3 +164,33 @@ def test_every_fusion_with_every_architecture(arch, fusion):
     assert torch.isfinite(loss)
     out = model.predict(b["image"])
     assert out.shape[2:] == (16, 16)
+
+
+class _Oracle(torch.nn.Module):
+    """Predicts a fixed label map (shifted by ``shift`` columns) as logits, whatever the input."""
+
+    def __init__(self, label: torch.Tensor, shift: int = 0):
+        super().__init__()
+        self.label = torch.roll(label, shift, dims=-1)
+
+    def predict(self, x):
+        h, w = x.shape[2:]
+        onehot = F.one_hot(self.label[..., :h, :w].expand(x.shape[0], -1, -1, -1)[:, 0], 2)
+        return onehot.movedim(-1, 1).float() * 10
+
+
+def test_report_dice_against_a_reference():
+    from flemme_mmfd.report import format_report, held_out_dice, measure
+
+    label = (torch.rand(1, 1, 32, 32) > 0.7).long()
+    items = [{"image": torch.zeros(1, 32, 32).numpy(), "label": label[0].numpy()}]
+    assert held_out_dice(_Oracle(label), items, [32, 32], 2) == pytest.approx(1.0)
+    shifted = torch.roll(label, 3, dims=-1)
+    ref = 2 * float((shifted & label).sum()) / float(shifted.sum() + label.sum())
+    assert held_out_dice(_Oracle(label, 3), items, [32, 32], 2) == pytest.approx(ref, rel=1e-6)
+    model = distill()
+    rows = {k: measure(m, items, 2, threads=1, repeats=2) for k, m in
+            {"teacher": model.teacher, "student": model.student}.items()}
+    assert rows["student"]["parameters"] == sum(p.numel() for p in model.student.parameters())
+    assert all(r["cpu_ms"] > 0 and 0 <= r["dice"] <= 1 for r in rows.values())
+    assert "student/teacher: parameters 1/" in format_report(rows)

@@ -120,6 +120,9 @@ def main(checkpoint: str, data: str, threads: int, repeats: int, size: str | Non
     """Teacher vs student of a distillation CHECKPOINT: parameters, CPU time, held-out Dice."""
     try:
         shape = [int(v) for v in size.replace("x", ",").split(",")] if size else None
+    except ValueError:
+        raise click.BadParameter(f"{size!r} is not a size like 256,256", param_hint="--size") from None
+    try:
         rows = distill_report(checkpoint, data, threads or None, repeats, size=shape)
     except FlemmeError as exc:
         raise click.ClickException(str(exc)) from None
