@@ -138,3 +138,11 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     rb = [json.loads(x) for x in (killed / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], r["split"]) for r in ra] == [(r["step"], r["split"]) for r in rb]  # no duplicated rows
     assert math.isclose(ra[-1]["dice"], rb[-1]["dice"], abs_tol=1e-6)
+
+
+def test_bf16_autocast_on_cpu(tmp_path):
+    data = config(TINY_2D, train={"steps": 3, "val_every": 0, "amp": "bf16"},
+                  data={"options": {"num_train": 2, "num_held_out": 1, "size": [32, 32]}, "patch_size": [32, 32]})
+    summary = _train(data, tmp_path / "run")
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert math.isfinite(rows[0]["loss"]) and 0.0 <= summary["final"]["dice"] <= 1.0

@@ -141,3 +141,51 @@ def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(t
     assert state["step"] == 2
     weights = load_file(str(tmp_path / "run" / "last.safetensors"))
     assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+class CrashAt(TwoStage):
+    """Raises at the ``crash_at``-th training step (a crash the run resumes from)."""
+
+    crash_at: int | None = None
+    count = 0
+
+    def training_loss(self, batch, criterion):
+        CrashAt.count += 1
+        if CrashAt.count == CrashAt.crash_at:
+            raise RuntimeError("simulated crash")
+        return super().training_loss(batch, criterion)
+
+
+@hookimpl
+def _register_crash(register):
+    register("test_crash_at", CrashAt, "test", task="segmentation")
+
+
+crash_plugin = types.SimpleNamespace(register_architectures=_register_crash)
+
+
+@pytest.mark.parametrize("crash_at", [4, 5])  # resume at the 'head' stage's start (3) or inside it (4)
+def test_resume_across_stages_matches_an_uninterrupted_run(tmp_path, crash_at):
+    from flemme_core.training import train
+    from flemme_core.training.config import run_config_from_dict
+
+    flemme_core.register_plugin(crash_plugin, "flemme-train-crash-tests")
+    try:
+        data = config(SMALL, model={"arch": "test_crash_at", "encoder": {"name": "cnn", "channels": [4, 8],
+                                                                          "norm": "instance", "dropout": 0.2}},
+                      train={"stages": {"warm": {"steps": 3}, "head": {"steps": 3, "lr": 0.02}}, "save_every": 2})
+        CrashAt.crash_at, CrashAt.count = None, 0
+        train(run_config_from_dict(config(data, train={"output": str(tmp_path / "ref")})), quiet=True)
+        run = run_config_from_dict(config(data, train={"output": str(tmp_path / "crashed")}))
+        CrashAt.crash_at, CrashAt.count = crash_at, 0
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            train(run, quiet=True)
+        state = json.loads((tmp_path / "crashed" / "state.json").read_text())
+        assert state["step"] == crash_at - 1
+        CrashAt.crash_at = None
+        train(run, resume=True, quiet=True)
+    finally:
+        flemme_core.unregister_plugin(crash_plugin)
+    a = load_file(str(tmp_path / "ref" / "last.safetensors"))
+    b = load_file(str(tmp_path / "crashed" / "last.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

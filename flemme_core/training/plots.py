@@ -31,28 +31,29 @@ def plot_curves(metrics_path: Path, out_path: Path) -> Path | None:
     rows = read_metrics(Path(metrics_path))
     train = [r for r in rows if r.get("split") == "train"]
     val = [r for r in rows if r.get("split") == "val"]
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    ax = axes[0]
     keys = [k for k in (train[0] if train else {}) if k not in ("step", "split", "stage", "lr")]
-    for key in keys:
-        xs = [r["step"] for r in train if r.get(key) is not None]
-        ys = [r[key] for r in train if r.get(key) is not None]
-        ax.plot(xs, ys, label=key, lw=1.5 if key == "loss" else 0.8)
-    ax.set_xlabel("step")
-    ax.set_title("training loss")
-    if keys:
-        ax.legend(fontsize=8)
-    ax = axes[1]
+    if len(keys) == 2:  # one loss term: it is the loss
+        keys = ["loss"]
     shown = [k for k in (val[-1] if val else {}) if k not in ("step", "split") and "/" not in k]
-    for key in shown:
-        xs = [r["step"] for r in val if r.get(key) is not None]
-        ys = [r[key] for r in val if r.get(key) is not None]
-        ax.plot(xs, ys, marker="o", ms=3, label=key)
-    ax.set_xlabel("step")
-    ax.set_title("held-out metrics")
-    if shown:
-        ax.legend(fontsize=8)
+    bounded = [k for k in shown if all(0.0 <= r[k] <= 1.0 for r in val if r.get(k) is not None)]
+    other = [k for k in shown if k not in bounded]
+    plt = _pyplot()
+    panels = 2 + bool(other)
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4))
+    for ax, names, title, marker in ((axes[0], keys, "training loss", None),
+                                     (axes[1], bounded, "held-out metrics", "o"),
+                                     (axes[2] if other else None, other, "held-out metrics (own scale)", "o")):
+        if ax is None:
+            continue
+        rows = train if ax is axes[0] else val
+        for key in names:
+            xs = [r["step"] for r in rows if r.get(key) is not None]
+            ys = [r[key] for r in rows if r.get(key) is not None]
+            ax.plot(xs, ys, label=key, marker=marker, ms=3, lw=1.5 if key == "loss" else 1.0)
+        ax.set_xlabel("step")
+        ax.set_title(title)
+        if names:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out_path, dpi=110)
     plt.close(fig)

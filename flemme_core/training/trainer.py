@@ -147,7 +147,9 @@ class Trainer:
             return
         from ..checkpoint import save_model
 
+        # the data position is a function of the step: stream positions [0, step * global batch) are consumed
         info = {"step": self.step, "stage": stage_index, "best": self.best, "finished": self.step >= self.total_steps,
+                "data_position": self.step * self.batch, "seed": self.cfg.seed,
                 "scaler": self.scaler.state_dict() if self.scaler else None, "world_size": self.ctx.world_size}
         save_train_state(self.run_dir, self.model, optimizer, info,
                          lambda: save_model(self.model, self.run_dir / "last.safetensors", extra=self._extra()))
