@@ -25,7 +25,9 @@ from pathlib import Path
 SOURCE = Path(__file__).with_name("csrc") / "selective_scan.cpp"
 ABI_VERSION = 2
 BASE_FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno"]
-ARCH_FLAGS = ["-march=native"]
+# Tried in order: OpenMP (shares torch's libgomp thread pool) and the host's vector units,
+# then without OpenMP (std::thread), then portable code.
+FLAG_CHOICES = [BASE_FLAGS + ["-fopenmp", "-march=native"], BASE_FLAGS + ["-march=native"], BASE_FLAGS]
 
 
 class KernelUnavailable(RuntimeError):
@@ -108,7 +110,7 @@ def load_kernel() -> ctypes.CDLL:
         raise KernelUnavailable("no C++ compiler found (set CXX or install g++)")
     source = SOURCE.read_bytes()
     errors = []
-    for flags in (BASE_FLAGS + ARCH_FLAGS, BASE_FLAGS):  # -march=native may be unsupported
+    for flags in FLAG_CHOICES:
         key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), _compiler_version(cxx).encode(),
                                          _cpu_signature().encode()])).hexdigest()[:16]
         folder = cache_dir() / key

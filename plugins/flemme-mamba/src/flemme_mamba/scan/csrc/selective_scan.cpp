@@ -26,6 +26,9 @@
 #if defined(__AVX2__)
 #include <immintrin.h>
 #endif
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 
 namespace {
 
@@ -260,6 +263,27 @@ template <class S, int NVT> void backward_row(const ScanArgs& a, int64_t bc, S* 
   static_cast<S*>(a.dD)[bc] = S(dD_acc);
 }
 
+// Threads: with OpenMP, the kernel runs in the OpenMP runtime already loaded by torch
+// (its libgomp.so.1 is found by soname), so it shares torch's thread pool instead of
+// competing with torch's spinning workers for the same cores. Without OpenMP, plain
+// std::threads and a condition-variable barrier.
+#if defined(_OPENMP)
+struct Barrier {
+  explicit Barrier(int) {}
+  void wait() {
+#pragma omp barrier
+  }
+};
+
+template <class F> void run_threads(int n, F fn) {
+  if (n <= 1) {
+    fn(0, 1);
+    return;
+  }
+#pragma omp parallel num_threads(n)
+  fn(omp_get_thread_num(), omp_get_num_threads());
+}
+#else
 struct Barrier {
   std::mutex m;
   std::condition_variable cv;
@@ -282,15 +306,16 @@ struct Barrier {
 
 template <class F> void run_threads(int n, F fn) {
   if (n <= 1) {
-    fn(0);
+    fn(0, 1);
     return;
   }
   std::vector<std::thread> pool;
   pool.reserve(n - 1);
-  for (int i = 1; i < n; ++i) pool.emplace_back(fn, i);
-  fn(0);
+  for (int i = 1; i < n; ++i) pool.emplace_back(fn, i, n);
+  fn(0, n);
   for (auto& th : pool) th.join();
 }
+#endif
 
 int threads_for(const ScanArgs& a, int64_t max_split) {
   const int64_t work = a.batch * a.channels * a.length * a.dstate;
@@ -301,10 +326,10 @@ int threads_for(const ScanArgs& a, int64_t max_split) {
 template <class S, int NVT> void forward_impl(const ScanArgs& a) {
   const int64_t per_group = a.channels / a.groups, nseg = a.batch * a.groups;
   const int n = threads_for(a, a.batch * a.channels);
-  run_threads(n, [&](int tid) {
+  run_threads(n, [&](int tid, int nt) {
     // Thread tid scans rows [lo, hi) of the flattened (batch, group, channel) order,
     // in blocks that never straddle two groups.
-    const int64_t total = nseg * per_group, lo = total * tid / n, hi = total * (tid + 1) / n;
+    const int64_t total = nseg * per_group, lo = total * tid / nt, hi = total * (tid + 1) / nt;
     for (int64_t seg = lo / per_group; seg * per_group < hi; ++seg) {
       const int64_t s0 = std::max(lo, seg * per_group), s1 = std::min(hi, (seg + 1) * per_group);
       int64_t bc = s0;
@@ -323,24 +348,25 @@ template <class S, int NVT> void backward_impl(const ScanArgs& a) {
   // buffer; the buffers are then added in thread order, split over time steps.
   std::vector<S> priv(n > 1 ? size_t(n) * 2 * L * N : 0);
   Barrier barrier(n);
-  run_threads(n, [&](int tid) {
+  run_threads(n, [&](int tid, int nt) {
     std::vector<S> sa(T * N), sh((T + 1) * N);
-    S* myB = n > 1 ? priv.data() + size_t(tid) * 2 * L * N : nullptr;
-    S* myC = n > 1 ? myB + L * N : nullptr;
+    const bool split = nt > 1;
+    S* myB = split ? priv.data() + size_t(tid) * 2 * L * N : nullptr;
+    S* myC = split ? myB + L * N : nullptr;
     for (int64_t b = 0; b < a.batch; ++b) {
       for (int64_t g = 0; g < a.groups; ++g) {
         S* outB = dB + (b * a.groups + g) * L * N;
         S* outC = dC + (b * a.groups + g) * L * N;
-        if (n > 1) std::fill(myB, myB + 2 * L * N, S(0));
+        if (split) std::fill(myB, myB + 2 * L * N, S(0));
         const int64_t first = b * a.channels + g * per_group;
-        const int64_t lo = first + per_group * tid / n, hi = first + per_group * (tid + 1) / n;
-        S* tB = n > 1 ? myB : outB;
-        S* tC = n > 1 ? myC : outC;
+        const int64_t lo = first + per_group * tid / nt, hi = first + per_group * (tid + 1) / nt;
+        S* tB = split ? myB : outB;
+        S* tC = split ? myC : outC;
         for (int64_t bc = lo; bc < hi; ++bc) backward_row<S, NVT>(a, bc, sa.data(), sh.data(), tB, tC);
-        if (n > 1) {
+        if (split) {
           barrier.wait();
-          const int64_t r0 = L * tid / n, r1 = L * (tid + 1) / n;
-          for (int th = 0; th < n; ++th) {
+          const int64_t r0 = L * tid / nt, r1 = L * (tid + 1) / nt;
+          for (int th = 0; th < nt; ++th) {
             const S* srcB = priv.data() + size_t(th) * 2 * L * N;
             const S* srcC = srcB + L * N;
             for (int64_t i = r0 * N; i < r1 * N; ++i) {
