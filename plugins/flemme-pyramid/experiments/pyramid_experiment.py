@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -75,7 +76,8 @@ def run_one(name: str, config: dict[str, Any], out: Path, train: bool = True) ->
         cmd = [sys.executable, "-m", "flemme_core", "train", str(cfg_path), "-q", "-o", str(run_dir), "--overwrite"]
         print("$ flemme train", cfg_path, "-q -o", run_dir, "--overwrite", flush=True)
         started = time.perf_counter()
-        subprocess.run(cmd, check=True)
+        env = {**os.environ, "OMP_NUM_THREADS": str(config["train"]["threads"])}
+        subprocess.run(cmd, check=True, env=env)
         print(f"  done in {time.perf_counter() - started:.0f} s", flush=True)
     summary = json.loads(summary_path.read_text())
     return {"name": name, "final": summary["final"], "seconds": summary["seconds"], "steps": summary["steps"],
@@ -139,14 +141,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--combos", default="seg:cnn,recon:cnn,seg:swin,seg:mamba",
                         help="task:family pairs, run in this order (all seeds of one before the next)")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--patch", type=int, default=0, help="patch side (default: 64, 32 for mamba)")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--channels", type=lambda s: [int(c) for c in s.split(",")], default=None,
                         help="encoder widths for every family (default: per family, see CHANNELS)")
     parser.add_argument("--num-blocks", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads per run (1: on a shared CPU, 2 threads were 4x slower)")
     parser.add_argument("--table-only", action="store_true", help="only rebuild the table from finished runs")
     args = parser.parse_args(argv)
     out = Path(args.out)
