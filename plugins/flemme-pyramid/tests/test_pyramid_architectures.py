@@ -145,3 +145,24 @@ def test_checkpoint_round_trip(tmp_path):
     x = torch.randn(1, 1, 32, 32)
     for a, b in zip(model(x), loaded(x)):
         torch.testing.assert_close(a, b)
+
+
+def test_context_reaches_the_refinement_blocks():
+    """A conditioned subclass (as a diffusion model would build): levels depend on the context."""
+    from flemme_pyramid.architectures import HUNet
+
+    from flemme_core.build import _encoder_builder, as_model_config
+
+    class ConditionedHUNet(HUNet):
+        def encoder_overrides(self):
+            return {"context_dim": 4}
+
+    cfg = as_model_config({"arch": "hunet", "encoder": CNN, "image_size": [16, 16]})
+    model = ConditionedHUNet(cfg, _encoder_builder(cfg)).eval()
+    x, c = torch.randn(1, 1, 16, 16), torch.randn(1, 4)
+    a, b = model(x, c), model(x, c + 1)
+    assert not torch.allclose(a[1], b[1])  # the finest level's refinement injected the context
+    # refinement alone (decoder features fixed) depends on the context too
+    feature = torch.randn(1, 16, 8, 8)
+    refine = model.pyramid.refines[-1]
+    assert not torch.allclose(refine(feature, c), refine(feature, c + 1))
