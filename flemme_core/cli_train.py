@@ -9,6 +9,7 @@ and the training package are imported inside the commands. User mistakes raise
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from typing import Any
@@ -68,7 +69,7 @@ def _launch_args(config_path: str | None, data: str | None, sets: tuple[str, ...
 
 def _finite(value: Any) -> Any:
     """NaN/inf -> null, so the JSON is valid for every reader."""
-    if isinstance(value, float) and value != value or value in (float("inf"), float("-inf")):
+    if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
         return {k: _finite(v) for k, v in value.items()}
@@ -131,7 +132,11 @@ def train_command(config_path, data, sets, resume, overwrite, nproc, quiet, **fl
     from .training import train
 
     run = _run_config(config_path, data, sets, flags)
-    summary = train(run, resume=resume, overwrite=overwrite, quiet=quiet)
+    try:
+        summary = train(run, resume=resume, overwrite=overwrite, quiet=quiet)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted; continue with: flemme train ... --resume (run folder {run.output_dir})", err=True)
+        sys.exit(130)
     if int(os.environ.get("RANK", "0")) == 0:
         final = {k: v for k, v in summary["final"].items()}
         _print_metrics(final, f"held-out metrics after {summary['steps']} steps "

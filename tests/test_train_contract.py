@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import types
+from typing import ClassVar
 
 import pytest
 import torch
@@ -25,7 +26,7 @@ SMALL = config(TINY_2D, train={"steps": 6, "val_every": 0, "lr": 0.01},
 class TwoStage(UNet):
     """Stage 'warm' trains everything; stage 'head' freezes the encoder and decoder."""
 
-    calls: list[str] = []
+    calls: ClassVar[list[str]] = []
 
     def training_stages(self):
         return ["warm", "head"]

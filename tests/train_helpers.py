@@ -56,5 +56,5 @@ def env() -> dict[str, str]:
 
 
 def flemme(*args: str, timeout: float = 300, **kwargs: Any) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flemme_core", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "flemme_core", *args], check=False, capture_output=True, text=True,
                           env=env(), timeout=timeout, **kwargs)

@@ -39,7 +39,6 @@ def init_distributed(device_type: str) -> DistContext:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistContext()
-    rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     backend = "nccl" if device_type == "cuda" else "gloo"
     owns = False

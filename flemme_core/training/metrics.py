@@ -10,6 +10,7 @@ metrics (``validation_metrics``) are averaged over batches the same way.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 
@@ -109,7 +110,7 @@ class SegmentationMetrics:
         per = self.sums.means()
         out: dict[str, float] = {}
         for key, prefix in (("dice", "dice/"), ("miou", "iou/"), ("hd95", "hd95/")):
-            vals = [v for n, v in per.items() if n.startswith(prefix) and v == v]
+            vals = [v for n, v in per.items() if n.startswith(prefix) and math.isfinite(v)]
             if key in self.names:
                 out[key] = sum(vals) / len(vals) if vals else float("nan")
         out.update(per)

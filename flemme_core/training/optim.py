@@ -33,7 +33,7 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: floa
 
 def warmup_steps(warmup: float, total: int) -> int:
     """``warmup`` is a step count, or a fraction of the stage when below 1."""
-    return int(round(warmup * total)) if warmup < 1 else int(warmup)
+    return round(warmup * total) if warmup < 1 else int(warmup)
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], settings: dict[str, Any],

@@ -70,7 +70,7 @@ class Trainer:
         self.resolved = S.resolved_config(run, model_dict)
         self.run_dir = run.output_dir
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        self.model = build_model(model_dict).to(self.device)
+        self.model = self._sync_batchnorm(build_model(model_dict)).to(self.device)
         self.task = self.model.task
         self.metric_names = check_metric_names(cfg.metrics or list(TASK_METRICS.get(self.task, ())), self.task)
         self.monitor, self.higher = self._monitor()
@@ -99,6 +99,23 @@ class Trainer:
         self.step = 0
         self.step_seconds: list[float] = []  # wall time of each step (data + forward + backward + update)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
+
+    def _sync_batchnorm(self, model: nn.Module) -> nn.Module:
+        """Several CUDA processes: BatchNorm -> SyncBatchNorm (same parameters, same checkpoint keys).
+
+        torch's SyncBatchNorm needs CUDA; with several CPU processes BatchNorm uses each
+        process's batch statistics (running stats follow rank 0), so the run is then not
+        equivalent to one process -- instance or group norm are.
+        """
+        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        if not (self.ctx.enabled and has_bn):
+            return model
+        if self.device.type == "cuda":
+            return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if self.ctx.is_main and not self.quiet:
+            print("note: BatchNorm with several CPU processes uses per-process batch statistics (SyncBatchNorm "
+                  "needs CUDA); use norm instance or group for results equal to one process", flush=True)
+        return model
 
     # -- planning -------------------------------------------------------------------------
     def _monitor(self) -> tuple[str, bool]:
