@@ -81,6 +81,12 @@ class Architecture(nn.Module):
         (generative models); ``None`` lets the evaluator use the task's standard metrics."""
         return None
 
+    def dataset_metrics(self, held_out: Any, train: Any) -> dict[str, float] | None:
+        """Metrics that need whole datasets at once, for ``flemme eval`` (generative models:
+        sample quality against the held-out items, with the training items as a control).
+        Both are sequences of ``{"image", ...}`` items. ``None``: per-batch metrics apply."""
+        return None
+
     def summary_extra(self) -> dict[str, Any]:
         """Architecture-specific facts for the build summary."""
         return {}
