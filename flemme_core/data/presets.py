@@ -232,8 +232,20 @@ def _aal_names(n: int) -> list[str]:
     return names if len(names) == n else [f"region-{k}" for k in range(1, n + 1)]
 
 
-def colin27_t1_2d(fallback: bool = True) -> DatasetSplits:
-    """Image-only Colin27 T1 axial slices scaled to [0, 1] for reconstruction; MNI152 1 mm if absent."""
+def _downsample_in_plane(volume: np.ndarray, factor: int) -> np.ndarray:
+    """Block-mean the two in-plane axes by ``factor`` (z untouched), zero-padded to a multiple of 8."""
+    x, y = (volume.shape[0] // factor) * factor, (volume.shape[1] // factor) * factor
+    v = volume[:x, :y].reshape(x // factor, factor, y // factor, factor, -1).mean(axis=(1, 3))
+    pad = [(0, -s % 8) for s in v.shape[:2]] + [(0, 0)]
+    return np.pad(v, pad).astype(np.float32)
+
+
+def colin27_t1_2d(fallback: bool = True, downsample: int = 1) -> DatasetSplits:
+    """Image-only Colin27 T1 axial slices scaled to [0, 1] for reconstruction; MNI152 1 mm if absent.
+
+    ``downsample`` > 1 block-averages each slice in-plane (4: 4 mm, 48×56 after padding) for
+    small whole-slice models (generation); the z split is unchanged.
+    """
     if (MRICRON_DIR / "ch2.nii.gz").exists() or not fallback:
         t1 = _colin_file("ch2.nii.gz", "colin27-t1-2d")
         volume, affine, what = np.asarray(t1.dataobj).astype(np.float32), np.asarray(t1.affine), "Colin27 ch2"
@@ -248,13 +260,16 @@ def colin27_t1_2d(fallback: bool = True) -> DatasetSplits:
     volume = np.clip(volume / max(hi, 1e-8), 0.0, 1.0).astype(np.float32)
     with_signal = [z for z in range(volume.shape[2]) if (volume[..., z] > 0.05).mean() > 0.02]
     tr, ho = _z_split(volume.shape[2], with_signal)
+    if downsample > 1:
+        volume = _downsample_in_plane(volume, int(downsample))
 
     def take(zs: list[int]) -> list[Item]:
         return [{"image": volume[None, :, :, z].copy()} for z in zs]
 
     return DatasetSplits(
         name="colin27-t1-2d", train=take(tr), held_out=take(ho), num_classes=0, dims=2, task="reconstruction",
-        spacing=(1.0, 1.0), affine=affine, patch_size=(128, 128), source=source,
+        spacing=(float(downsample),) * 2, affine=affine, patch_size=(128, 128) if downsample == 1 else None,
+        source=source,
         train_where=[{"z": z} for z in tr], held_out_where=[{"z": z} for z in ho],
         held_out_description=(f"{len(ho)} axial slices with z mod 10 == 8 of {what}; trained on {len(tr)} slices "
                               "with z mod 10 in 0..6"),
