@@ -197,6 +197,12 @@ class DenoiserArchitecture(Architecture):
             raise ShapeError(f"class condition out of range; this model knows classes 0..{self.options.num_classes - 1}")
         return labels
 
+    def dataset_metrics(self, held_out: Any, train: Any) -> dict[str, float] | None:
+        """``flemme eval``: sample quality vs the held-out images, with both controls."""
+        from .evaluate import evaluate_generator
+
+        return evaluate_generator(self, held_out, train)
+
     def example_input(self, batch_size: int = 1) -> torch.Tensor:
         return torch.randn(batch_size, self.network_in_channels(), *self.latent_size())
 

@@ -106,6 +106,10 @@ class SDM(DDPM):
                 "psnr_input": psnr(batch["image"], target, hi - lo),
                 "loss": float((mean - target).pow(2).mean())}
 
+    def dataset_metrics(self, held_out: Any, train: Any) -> dict[str, float] | None:
+        """Per-image PSNR/SSIM of the ensemble mean (``validation_metrics``) is what sdm reports."""
+        return None
+
     # -- inference -------------------------------------------------------------------------------
     def check_condition(self, condition: Any, n: int | None) -> torch.Tensor:
         """The condition as ``(n, C_in, *image_size)``; a wrong shape is one line."""

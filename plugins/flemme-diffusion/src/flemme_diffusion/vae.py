@@ -137,6 +137,18 @@ class VAE(Architecture):
                 "kl": float(gaussian_kl(mu, logvar).mean() / x[0].numel()),
                 "loss": float((recon - target).pow(2).mean())}
 
+    def dataset_metrics(self, held_out: Any, train: Any) -> dict[str, float] | None:
+        """Prior samples vs the held-out images (with both controls), plus reconstruction PSNR/SSIM."""
+        from .evaluate import evaluate_generator, stack_images
+        from .metrics import psnr, ssim
+
+        report = evaluate_generator(self, held_out, train)
+        x = stack_images(held_out)
+        target = stack_images(held_out, "label") if self.options.supervised else x
+        recon = torch.cat([self.predict(x[i:i + 32]) for i in range(0, len(x), 32)])
+        report.update({"recon/psnr": psnr(recon, target), "recon/ssim": ssim(recon, target)})
+        return report
+
     # -- generation ------------------------------------------------------------------------------
     def sample(self, n: int, sampler: str | None = None, steps: int | None = None, seed: int | None = 0,
                condition: Any = None, guidance: float | None = None, progress: bool = False) -> torch.Tensor:
