@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from diffusion_helpers import tiny
+
 from flemme_core.build import build_model
 from flemme_core.checkpoint import save_model
 from flemme_core.cli import main

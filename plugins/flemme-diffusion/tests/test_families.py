@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from diffusion_helpers import build, families
+
 from flemme_core.encoder import ContextInjection
 
 FAMILIES = families()

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import torch
-
-from flemme_diffusion.metrics import features, ms_ssim_pairs, precision_recall, rbf_bandwidths, rbf_mmd2, sample_quality
+from flemme_diffusion.metrics import (
+    features,
+    ms_ssim_pairs,
+    precision_recall,
+    rbf_bandwidths,
+    rbf_mmd2,
+    sample_quality,
+)
 
 
 def _blobs(n: int, seed: int) -> torch.Tensor:

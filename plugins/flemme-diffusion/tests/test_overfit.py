@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from diffusion_helpers import build
 from flemme_diffusion.metrics import psnr
 

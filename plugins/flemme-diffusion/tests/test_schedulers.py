@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
-
 from diffusion_helpers import build
 from flemme_diffusion import schedules
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
 
 def fixed_predictor(calls: list):

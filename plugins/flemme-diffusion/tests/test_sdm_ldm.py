@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 import torch
-
 from diffusion_helpers import build, tiny
+
 from flemme_core.build import build_model
 from flemme_core.checkpoint import load_model, save_model
 from flemme_core.errors import CheckpointError, ShapeError
@@ -24,7 +24,7 @@ def test_sdm_ensemble_mean_and_spread(mode):
     expected = model.predict_with_uncertainty(x[1:2], n=4, steps=3, seed=0)
     assert torch.allclose(samples.mean(0), expected[0][0], atol=1e-5)
     assert torch.allclose(samples.std(0, unbiased=False), expected[1][0], atol=1e-5)
-    one_mean, one_std = model.predict_with_uncertainty(x, n=1, steps=2)
+    _, one_std = model.predict_with_uncertainty(x, n=1, steps=2)
     assert torch.equal(one_std, torch.zeros_like(one_std))
 
 

@@ -6,11 +6,10 @@ import math
 
 import pytest
 import torch
-from torch.distributions import Normal, kl_divergence
-
 from diffusion_helpers import build
 from flemme_diffusion.edm import edm_coefficients, edm_loss_weight, karras_sigmas
 from flemme_diffusion.vae import gaussian_kl
+from torch.distributions import Normal, kl_divergence
 
 
 def test_gaussian_kl_matches_torch_distributions():
