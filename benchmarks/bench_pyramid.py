@@ -6,7 +6,7 @@ hierarchical models, through ``training_loss``) + backward. Also the time of the
 pyramid loss alone against the plain criterion on the same outputs. Prints a markdown
 table; nothing is asserted.
 
-    python benchmarks/bench_pyramid.py [--size 64] [--batch 4] [--repeats 3] [--families cnn,swin]
+    python benchmarks/bench_pyramid.py [--size 64] [--batch 4] [--repeats 3] [--families cnn,swin] [--threads 1]
 """
 
 from __future__ import annotations
@@ -64,7 +64,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--families", default="", help="comma-separated (default: every installed 2D family)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from flemme_core.errors import FlemmeError
     from flemme_core.registry import get_registry
 

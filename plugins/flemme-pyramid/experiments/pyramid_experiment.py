@@ -34,11 +34,10 @@ from typing import Any
 SEG_METRICS = ("dice", "miou")
 RECON_METRICS = ("psnr", "ssim")
 PAIRS = {"seg": ("unet", "hunet"), "recon": ("ae", "hae")}
-#: per-family encoder widths and patch sizes that fit a 2-core CPU budget (the attention
-#: families need widths their head size divides; the selective scan is ~10x slower on CPU,
-#: hence its smaller patch). Plain and hierarchical models of a family always share them.
+#: per-family encoder widths that fit a 2-core CPU budget (the attention families need
+#: widths their head size divides). Plain and hierarchical models of a family share them.
 CHANNELS = {"cnn": [8, 16, 32, 64], "swin": [16, 32, 64, 128], "mamba": [16, 32, 64, 128]}
-PATCH = {"mamba": 32}
+PATCH: dict[str, int] = {}
 
 
 def run_config(task: str, family: str, arch: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -143,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--patch", type=int, default=0, help="patch side (default: 64, 32 for mamba)")
+    parser.add_argument("--patch", type=int, default=0, help="patch side (default: 64)")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--channels", type=lambda s: [int(c) for c in s.split(",")], default=None,
                         help="encoder widths for every family (default: per family, see CHANNELS)")
