@@ -72,6 +72,15 @@ def test_options_build_run_and_train(options):
     assert torch.isfinite(loss) and set(logged) == {"loss_fused", "loss_level1_16x16", "loss_level2_8x8"}
 
 
+def test_hae_options_of_ae_still_apply():
+    model = _cnn("hae", skip=True, supervised=True, target_resize="linear")
+    assert model.decoder.skip
+    x, clean = torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32)
+    assert torch.equal(model.inputs_and_target({"image": x, "label": clean})[1], clean)
+    loss, logged = model.training_loss({"image": x, "label": clean}, build_loss("l1", 1, 2))
+    assert torch.isfinite(loss) and "loss_level2_8x8" in logged
+
+
 def test_refinement_off_has_no_refinement_parameters():
     on, off = _cnn(refine=True), _cnn(refine=False)
     assert sum(p.numel() for p in off.pyramid.refines.parameters()) == 0
