@@ -1,8 +1,9 @@
 """Plain vs hierarchical, same budget, several seeds: the claim of Flemme's pyramid, measured.
 
-Segmentation: ``unet`` vs ``hunet`` for each encoder family on the stardist 2D nuclei
-(train on three quadrants, evaluate on the held-out bottom-right one, whole, by sliding
-window). Reconstruction: ``ae`` vs ``hae`` (cnn) on Colin27 T1 axial slices with
+Segmentation (``seg``): ``unet`` vs ``hunet`` for each encoder family on the stardist 2D
+nuclei (train on three quadrants, evaluate on the held-out bottom-right one, whole, by
+sliding window); ``tissue``: 4-class tissue on MNI152 2 mm axial slices (posterior halves
+train, anterior halves evaluate). Reconstruction (``recon``): ``ae`` vs ``hae`` (cnn) on Colin27 T1 axial slices with
 simulated 4x Cartesian k-space under-sampling (zero-filled input -> fully sampled
 target; train z mod 10 in 0..6, evaluate z mod 10 == 8).
 
@@ -33,7 +34,7 @@ from typing import Any
 
 SEG_METRICS = ("dice", "miou")
 RECON_METRICS = ("psnr", "ssim")
-PAIRS = {"seg": ("unet", "hunet"), "recon": ("ae", "hae")}
+PAIRS = {"seg": ("unet", "hunet"), "tissue": ("unet", "hunet"), "recon": ("ae", "hae")}
 #: per-family encoder widths that fit a 2-core CPU budget (the attention families need
 #: widths their head size divides). Plain and hierarchical models of a family share them.
 CHANNELS = {"cnn": [8, 16, 32, 64], "swin": [16, 32, 64, 128], "mamba": [16, 32, 64, 128]}
@@ -43,7 +44,7 @@ PATCH: dict[str, int] = {}
 def run_config(task: str, family: str, arch: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     """The whole ``flemme train`` config of one run."""
     size = args.patch or PATCH.get(family, 64)
-    patch = [size, size]
+    patch = [96, 48] if task == "tissue" else [size, size]  # MNI152 2 mm half-slices are ~99x58
     channels = args.channels or CHANNELS.get(family, [16, 32, 64, 128])
     model: dict[str, Any] = {"arch": arch, "image_size": patch, "in_channels": 1,
                              "encoder": {"name": family, "channels": channels, "num_blocks": args.num_blocks}}
@@ -53,6 +54,10 @@ def run_config(task: str, family: str, arch: str, seed: int, args: argparse.Name
         model.update(out_channels=2, loss=[{"name": "dice_ce"}])
         data = {"preset": "stardist-nuclei-2d", "patch_size": patch, "batch_size": args.batch,
                 "transforms": {"flip": 0.5, "rotate90": 0.5}}
+        train["metrics"] = list(SEG_METRICS)
+    elif task == "tissue":
+        model.update(out_channels=4, loss=[{"name": "dice_ce"}])
+        data = {"preset": "mni152-tissue-2d", "patch_size": patch, "batch_size": args.batch}
         train["metrics"] = list(SEG_METRICS)
     else:
         model.update(out_channels=1, loss=[{"name": "l1"}], arch_options={"supervised": True})
@@ -106,7 +111,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         groups.setdefault((row["task"], row["family"], row["arch"]), []).append(row)
     for task, (plain, hier) in PAIRS.items():
-        names = SEG_METRICS if task == "seg" else RECON_METRICS
+        names = RECON_METRICS if task == "recon" else SEG_METRICS
         for family in sorted({f for t, f, _ in groups if t == task}):
             stats = {}
             for arch in (plain, hier):
@@ -137,7 +142,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="runs/pyramid-experiment", help="folder for configs, runs and the table")
-    parser.add_argument("--combos", default="seg:cnn,recon:cnn,seg:swin,seg:mamba",
+    parser.add_argument("--combos", default="seg:cnn,recon:cnn,seg:swin,seg:mamba,tissue:cnn,tissue:swin",
                         help="task:family pairs, run in this order (all seeds of one before the next)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--steps", type=int, default=200)
@@ -160,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     for combo in args.combos.split(","):
         task, _, family = combo.partition(":")
         if task not in PAIRS:
-            parser.error(f"unknown task {task!r} in --combos (seg or recon)")
+            parser.error(f"unknown task {task!r} in --combos ({', '.join(PAIRS)})")
         if family not in installed:
             print(f"skipping {family}: not installed", flush=True)
             continue
