@@ -92,6 +92,21 @@ def run_scan(variant: str, length: int, repeats: int) -> dict:
     return {"fwd": fwd[len(fwd) // 2], "bwd": bwd[len(bwd) // 2], "peak_mb": _peak_mb() - base}
 
 
+def run_build() -> dict:
+    """Child process: cold build of the C++ kernel into an empty cache."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["FLEMME_MAMBA_CACHE"] = tmp
+        from flemme_mamba.scan import build
+
+        t0, c0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+        problem = build.kernel_problem()
+        c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return {"wall": time.perf_counter() - t0, "cpu": (c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime),
+                "problem": problem}
+
+
 def run_accuracy(length: int) -> dict:
     """Child process: max relative error of the kernel vs the float64 reference (output and grads)."""
     import torch
@@ -185,7 +200,7 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
         kind, *rest = json.loads(args.child)
-        result = {"scan": run_scan, "accuracy": run_accuracy, "train": run_train}[kind](*rest)
+        result = {"scan": run_scan, "accuracy": run_accuracy, "train": run_train, "build": run_build}[kind](*rest)
         print(json.dumps(result))
         return
 
@@ -212,6 +227,10 @@ def main() -> None:
                          if naive and "fwd" in naive else "")
                 print(f"| {length} | {variant} | {r['fwd']:.3f} | {r['bwd']:.3f} | {total:.3f} | "
                       f"{r['peak_mb']:.0f} | {ratio} |")
+        built = child(["build"], args.threads, args.timeout)
+        if built:
+            print(f"\nCold build of the C++ kernel (empty cache): {built['wall']:.1f} s wall, "
+                  f"{built['cpu']:.1f} s compiler CPU{' — FAILED: ' + built['problem'] if built['problem'] else ''}")
         acc = child(["accuracy", 512], args.threads, args.timeout)
         if acc:
             worst = max(acc, key=acc.get)

@@ -72,7 +72,7 @@ class SelectiveScanND(nn.Module):
         dts = torch.matmul(self.dt_projs_weight, dts)                # (B, K, inner, L)
         y = selective_scan(
             xs.reshape(b, k * self.inner, length), dts.reshape(b, k * self.inner, length),
-            -torch.exp(self.A_log.float()), Bs.contiguous(), Cs.contiguous(), self.D.float(),
+            -torch.exp(self.A_log.float()), Bs, Cs, self.D.float(),
             delta_bias=self.dt_projs_bias.reshape(-1).float(), delta_softplus=True, backend=self.backend)
         y = self.directions.merge(y.reshape(b, k, self.inner, length), spatial)   # (B, inner, L)
         y = y.transpose(1, 2).reshape(b, *spatial, self.inner).to(t.dtype)

@@ -95,7 +95,8 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     """
     name = select_backend(u.device, backend)
     if name == "mamba_ssm":
-        return mamba_ssm_scan()(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        return mamba_ssm_scan()(u.contiguous(), delta.contiguous(), A.contiguous(), B.contiguous(),
+                                C.contiguous(), D, z, delta_bias, delta_softplus)
     if name == "cpp":
         from .cpu import selective_scan_cpp
 
