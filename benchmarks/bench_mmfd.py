@@ -13,7 +13,7 @@ is held out; see shared/data.md):
 3. every model is measured the same way (:mod:`flemme_mmfd.report`): parameters, CPU
    milliseconds per batch-1 forward of a 256×256 image, and held-out Dice.
 
-    python benchmarks/bench_mmfd.py --steps 300 --out runs/bench-mmfd
+    python benchmarks/bench_mmfd.py --steps 200 --threads 1 --out runs/bench-mmfd
 
 The loop is deliberately the trainer's contract in miniature, so the numbers do not
 depend on the state of ``flemme train``; ``plugins/flemme-mmfd/configs/`` holds the same
