@@ -20,6 +20,15 @@ def _registered():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: threads only add synchronisation (and stall badly on a loaded machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def small_model(encoder: str, arch: str = "unet", dims: int = 2, image: int = 32, **enc):
     from flemme_core.build import build_model
 

@@ -34,7 +34,9 @@ def test_stages_alternate_regular_and_shifted_windows():
     model = small_model("swin", "unet", 2, 64, num_blocks=4)  # auto window 8
     shifts = [b.shift for b in model.encoder.stages[0].blocks]
     assert shifts == [(0, 0), (4, 4), (0, 0), (4, 4)]
-    assert model.encoder.blocks.window == [8, 8]
+    assert model.encoder.blocks.level_windows == [[8, 8], [8, 8], [8, 8]]
+    assert small_model("swin", "unet", 3, 32).encoder.blocks.level_windows == [[4] * 3, [4] * 3, [4] * 3]
+    assert small_model("swin", "unet", 2, 32).encoder.blocks.level_windows == [[8, 8], [8, 8], [4, 4]]
 
 
 def brute_force_index(window):
