@@ -65,14 +65,31 @@ def seed_everything(seed: int, deterministic: bool, device: torch.device) -> Non
         torch.backends.cudnn.benchmark = False
 
 
+def architecture_task(arch: str) -> str:
+    """segmentation | reconstruction | generation, from the registration (or the class)."""
+    from ..registry import get_registry
+
+    component = get_registry().get("architecture", arch)  # unknown names: close matches
+    return component.metadata.get("task") or getattr(component.load(), "task", "segmentation")
+
+
 def complete_model_config(model: dict[str, Any], info: Any) -> dict[str, Any]:
     """Fill what the model config leaves out from the data (channels, classes, patch size)
-    and check that what it gives agrees with the data."""
+    and check that what it gives agrees with the data.
+
+    A segmentation architecture predicts the data's classes; any other predicts images
+    with the input's channels (an autoencoder may train on a segmentation set's images).
+    """
     model = copy.deepcopy(model)
     model.setdefault("in_channels", info.in_channels)
+    arch = model.get("arch", "unet")
+    task = architecture_task(arch) if isinstance(arch, str) else "segmentation"
+    if task == "segmentation" and info.task != "segmentation":
+        raise ConfigError(f"architecture {arch!r} segments but the data ({info.name}) has no labels; use a "
+                          "segmentation dataset, or a reconstruction architecture such as ae")
     if "out_channels" not in model:
-        model["out_channels"] = info.out_channels
-    if info.task == "segmentation":
+        model["out_channels"] = info.num_classes if task == "segmentation" else info.in_channels
+    if task == "segmentation":
         out = model["out_channels"]
         if not (out == info.num_classes or (out == 1 and info.num_classes == 2)):
             raise ConfigError(f"model.out_channels is {out} but the data has {info.num_classes} classes; set "
