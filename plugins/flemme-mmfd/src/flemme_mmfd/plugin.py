@@ -10,7 +10,9 @@ def register_encoders(register) -> None:
     register("mmfd", "flemme_mmfd.encoder:FusionEncoder",
              "fusion of N registered encoders (any family, local safetensors weights, frozen, LoRA): "
              "per-branch normalisation, channel + spatial alignment to an anchor grid, a fusion strategy",
-             example={"branches": [{"name": "cnn", "channels": [8, 16]}, {"name": "cnn", "channels": [12, 24], "block": "res_conv"}]})
+             example={"branches": [{"name": "cnn", "channels": [8, 16]},
+                                   {"name": "cnn", "channels": [12, 24], "block": "res_conv"}],
+                      "fusion": "gated"})
 
 
 @hookimpl
