@@ -52,18 +52,22 @@ def run_config(task: str, family: str, arch: str, seed: int, args: argparse.Name
              "log_every": 10, "progress": False, "deterministic": True, "device": "cpu"}
     if task == "seg":
         model.update(out_channels=2, loss=[{"name": "dice_ce"}])
-        data = {"preset": "stardist-nuclei-2d", "patch_size": patch, "batch_size": args.batch,
+        data = {"preset": "stardist-nuclei-2d", "patch_size": list(patch), "batch_size": args.batch,
                 "transforms": {"flip": 0.5, "rotate90": 0.5}}
         train["metrics"] = list(SEG_METRICS)
     elif task == "tissue":
         model.update(out_channels=4, loss=[{"name": "dice_ce"}])
-        data = {"preset": "mni152-tissue-2d", "patch_size": patch, "batch_size": args.batch}
+        data = {"preset": "mni152-tissue-2d", "patch_size": list(patch), "batch_size": args.batch}
         train["metrics"] = list(SEG_METRICS)
     else:
-        model.update(out_channels=1, loss=[{"name": "l1"}], arch_options={"supervised": True})
-        data = {"preset": "colin27-t1-2d", "patch_size": patch, "batch_size": args.batch,
+        # U-shaped (skips), as Flemme's reconstruction encoders (UNet, SwinU, MambaU): an AE
+        # through a stride-8 bottleneck alone cannot restore image detail
+        model.update(out_channels=1, loss=[{"name": "l1"}], arch_options={"supervised": True, "skip": True})
+        data = {"preset": "colin27-t1-2d", "patch_size": list(patch), "batch_size": args.batch,
                 "transforms": {"kspace": {"pattern": "equispaced", "acceleration": 4}}}
         train["metrics"] = list(RECON_METRICS)
+    if arch in ("hunet", "hae"):
+        model["arch_options"] = {**model.get("arch_options", {}), "fusion_init": args.fusion_init}
     return {"model": model, "data": data, "train": train}
 
 
@@ -152,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channels", type=lambda s: [int(c) for c in s.split(",")], default=None,
                         help="encoder widths for every family (default: per family, see CHANNELS)")
     parser.add_argument("--num-blocks", type=int, default=1)
+    parser.add_argument("--fusion-init", default="plain", choices=["plain", "random"],
+                        help="hierarchical models' fusion init (random: Flemme's)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads per run (1: on a shared CPU, 2 threads were 4x slower)")
     parser.add_argument("--table-only", action="store_true", help="only rebuild the table from finished runs")

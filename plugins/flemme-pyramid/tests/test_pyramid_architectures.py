@@ -61,6 +61,7 @@ def _cnn(arch="hunet", **options):
 
 @pytest.mark.parametrize("options", [
     {"refine": False}, {"fusion": "sum"}, {"resize": "nearest"}, {"level_map": "channel"},
+    {"fusion_init": "random"},
     {"level_map": "none", "fusion": "sum", "refine": False},
 ])
 def test_options_build_run_and_train(options):
@@ -100,19 +101,41 @@ def test_refinement_honours_the_encoder_normalisation(norm, cls):
 
 @pytest.mark.parametrize("arch", ["hunet", "hae"])
 @pytest.mark.parametrize("level_weights", ["equal", "halving"])
-def test_gradient_reaches_every_level_head(arch, level_weights):
+@pytest.mark.parametrize("fusion_init", ["plain", "random"])
+def test_gradient_reaches_every_level_head(arch, level_weights, fusion_init):
     torch.manual_seed(0)
-    model = _cnn(arch, level_weights=level_weights)
+    model = _cnn(arch, level_weights=level_weights, fusion_init=fusion_init)
     criterion = build_loss(model.default_loss, model.config.out_channels, 2)
     x = torch.rand(2, 1, 32, 32)
     batch = {"image": x, "label": (x > 0.5).long()}
-    loss, _ = model.training_loss(batch, criterion)
-    loss.backward()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    # halving drops the coarsest level's own term: its head learns through the fusion, whose
+    # weights on the levels start at 0 with the plain init and move after the first step
+    for _ in range(2):
+        optimizer.zero_grad()
+        loss, _ = model.training_loss(batch, criterion)
+        loss.backward()
+        optimizer.step()
     for i, head in enumerate(model.pyramid.heads):
         assert head.weight.grad is not None and head.weight.grad.abs().sum() > 0, f"level head {i}"
     for name, p in model.named_parameters():
         if name.startswith(("pyramid.", "fusion.", "head.")):
             assert p.grad is not None, name
+
+
+@pytest.mark.parametrize("fusion", ["concat", "sum"])
+def test_plain_fusion_init_starts_from_the_plain_output(fusion):
+    model = _cnn(fusion=fusion).eval()
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        levels = model.decoder(model.encoder(x))
+        full = model.head(levels[-1])
+        outs = model(x)
+        if fusion == "concat":
+            torch.testing.assert_close(outs[0], full)
+        else:  # the mean of the normal output and the up-sampled level predictions
+            ups = [full] + [torch.nn.functional.interpolate(p, size=[32, 32], mode="bilinear") for p in outs[1:]]
+            torch.testing.assert_close(outs[0], torch.stack(ups).mean(0))
 
 
 def test_config_naming_the_pyramid_loss_is_not_wrapped_twice():

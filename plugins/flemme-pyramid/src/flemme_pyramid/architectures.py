@@ -29,12 +29,13 @@ from flemme_core.config import ModelConfig, choice
 from flemme_core.errors import ConfigError
 
 from .loss import IMAGE_RESIZE, LABEL_RESIZE, LEVEL_WEIGHTS, PyramidLoss
-from .pyramid import FUSIONS, LEVEL_MAPS, RESIZES, LevelHeads, VerticalFusion
+from .pyramid import FUSION_INITS, FUSIONS, LEVEL_MAPS, RESIZES, LevelHeads, VerticalFusion
 
 
 @dataclasses.dataclass
 class PyramidOptions:
     fusion: str = "concat"            # concat | sum
+    fusion_init: str = "plain"        # plain (starts as the plain model's output) | random (Flemme's)
     resize: str = "linear"            # how level predictions are brought to full size: linear | nearest
     refine: bool = True               # a same-width block from the encoder's family before each level head
     level_map: str = "full"           # learnable map added per input before fusion: full | channel | none
@@ -45,6 +46,7 @@ class PyramidOptions:
     def validate(self) -> None:
         where = "model.arch_options"
         choice(self.fusion, FUSIONS, f"{where}.fusion")
+        choice(self.fusion_init, FUSION_INITS, f"{where}.fusion_init")
         choice(self.resize, RESIZES, f"{where}.resize")
         choice(self.level_map, LEVEL_MAPS, f"{where}.level_map")
         choice(self.level_weights, LEVEL_WEIGHTS, f"{where}.level_weights")
@@ -90,7 +92,7 @@ class Hierarchical:
                                   refine=opts.refine)
         self.fusion = VerticalFusion(config.dims, config.out_channels, len(self.level_channels) + 1,
                                      config.image_size, mode=opts.fusion, level_map=opts.level_map,
-                                     resize=opts.resize)
+                                     resize=opts.resize, init=opts.fusion_init)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> list[torch.Tensor]:
         levels = self.decoder(self.encoder(x, context), context)
@@ -126,7 +128,8 @@ class Hierarchical:
         o = self.options
         return {"pyramid": {
             "levels": [{"channels": c, "stride": s} for c, s in zip(self.level_channels[::-1], self.level_strides[::-1])],
-            "outputs": "[fused, levels fine to coarse]", "fusion": o.fusion, "refine": o.refine,
+            "outputs": "[fused, levels fine to coarse]", "fusion": o.fusion, "fusion_init": o.fusion_init,
+            "refine": o.refine,
             "level_map": o.level_map, "level_weights": o.level_weights, "pyramid_weight": o.pyramid_weight,
             "target_resize": self.target_resize}}
 

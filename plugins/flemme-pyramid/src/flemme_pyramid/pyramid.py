@@ -21,6 +21,7 @@ from flemme_core.encoder import BlockFamily
 FUSIONS = ("concat", "sum")
 RESIZES = ("linear", "nearest")
 LEVEL_MAPS = ("full", "channel", "none")
+FUSION_INITS = ("plain", "random")
 
 
 def resize_prediction(x: torch.Tensor, size: Sequence[int], mode: str) -> torch.Tensor:
@@ -60,10 +61,17 @@ class VerticalFusion(nn.Module):
     ``level_map``: ``full`` (a map of the configured image size per input, Flemme's;
     resized when the input has another size), ``channel`` (one bias per channel and
     input: far fewer parameters in 3D) or ``none``. Maps start at zero.
+
+    ``init``: ``plain`` (default) starts the mix as the identity on the normal output
+    (``concat``) or the mean of the inputs (``sum``), so an untrained hierarchical model
+    outputs what the plain one would, and the mix learns how much of each level to use
+    (its weights get gradients from the first step; the level heads are trained by their
+    own loss terms meanwhile). ``random``: PyTorch's default init, as Flemme does, which
+    starts from a random mixture of a full-resolution output and blurry up-sampled levels.
     """
 
     def __init__(self, dims: int, channels: int, num_inputs: int, image_size: Sequence[int],
-                 mode: str = "concat", level_map: str = "full", resize: str = "linear"):
+                 mode: str = "concat", level_map: str = "full", resize: str = "linear", init: str = "plain"):
         super().__init__()
         self.mode = choice(mode, FUSIONS, "model.arch_options.fusion")
         self.resize = choice(resize, RESIZES, "model.arch_options.resize")
@@ -77,6 +85,12 @@ class VerticalFusion(nn.Module):
         mix_in = channels * num_inputs if mode == "concat" else channels
         self.mix = layers.head(dims, mix_in, channels)
         self.num_inputs = num_inputs
+        if choice(init, FUSION_INITS, "model.arch_options.fusion_init") == "plain":
+            with torch.no_grad():
+                eye = torch.eye(channels).view(channels, channels, *[1] * dims)
+                self.mix.weight.zero_()
+                self.mix.weight[:, :channels] = eye if mode == "concat" else eye / num_inputs
+                self.mix.bias.zero_()
 
     def forward(self, predictions: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
         maps = self.maps
