@@ -99,6 +99,22 @@ def _parameters(run_dir: Path) -> int | None:
     return read_metadata(path)["parameters"] if path.exists() else None
 
 
+def zero_filled_baseline(args: argparse.Namespace) -> dict[str, float]:
+    """PSNR/SSIM of the network input itself (zero-filled) on the held-out slices: the floor."""
+    import torch
+
+    from flemme_core.data import build_datasets
+    from flemme_core.training.metrics import ReconstructionMetrics
+
+    data = run_config("recon", "cnn", "ae", 0, args)["data"]
+    _, val_ds, _ = build_datasets({**data, "cache": False}, seed=0)
+    metrics = ReconstructionMetrics(2, RECON_METRICS)
+    for i in range(len(val_ds)):
+        item = val_ds[i]
+        metrics.update(torch.as_tensor(item["image"])[None], torch.as_tensor(item["label"])[None])
+    return metrics.result()
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     values = [v for v in values if v is not None and math.isfinite(v)]
     if not values:
@@ -106,7 +122,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def table(rows: list[dict[str, Any]]) -> str:
+def table(rows: list[dict[str, Any]], baseline: dict[str, float] | None = None) -> str:
     """Markdown: mean ± std per (task, family, arch) and the relative change plain -> hierarchical."""
     lines = ["| task | encoder | arch | seeds | metric 1 | metric 2 | params | s/run |",
              "|---|---|---|---|---|---|---|---|"]
@@ -127,6 +143,9 @@ def table(rows: list[dict[str, Any]]) -> str:
                 secs = statistics.fmean(r["seconds"] for r in group)
                 lines.append(f"| {task} | {family} | {arch} | {len(group)} | {cells[0]} | {cells[1]} | "
                              f"{group[0]['parameters'] or '?':,} | {secs:.0f} |")
+            if task == "recon" and baseline and family == min({f for t, f, _ in groups if t == task}):
+                lines.append(f"| recon | — | zero-filled input | | psnr {baseline['psnr']:.4f} | "
+                             f"ssim {baseline['ssim']:.4f} | | |")
             if plain in stats and hier in stats:
                 cells = []
                 for m in names:
@@ -168,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
 
     installed = set(get_registry().components("encoder"))
     rows: list[dict[str, Any]] = []
+    baseline_path = out / "zero_filled.json"
+    baseline = json.loads(baseline_path.read_text()) if baseline_path.exists() else None
     for combo in args.combos.split(","):
         task, _, family = combo.partition(":")
         if task not in PAIRS:
@@ -175,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         if family not in installed:
             print(f"skipping {family}: not installed", flush=True)
             continue
+        if task == "recon" and baseline is None:
+            baseline = zero_filled_baseline(args)
+            baseline_path.write_text(json.dumps(baseline))
         for seed in [int(s) for s in args.seeds.split(",")]:
             for arch in PAIRS[task]:
                 name = f"{task}-{family}-{arch}-s{seed}"
@@ -184,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
                 row = run_one(name, config, out, train=not args.table_only)
                 rows.append({**row, "task": task, "family": family, "arch": arch, "seed": seed})
                 (out / "results.json").write_text(json.dumps(rows, indent=1))
-                (out / "table.md").write_text(table(rows) + "\n")
-    print(table(rows))
+                (out / "table.md").write_text(table(rows, baseline) + "\n")
+    print(table(rows, baseline))
     return 0
 
 
