@@ -65,7 +65,8 @@ def _grid_png(samples, path, data_range: tuple[float, float] | None) -> None:
     atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
-def _write_arrays(samples, out, fmt: str) -> list[str]:
+def _write_arrays(samples, out, fmt: str, stem: str = "sample") -> list[str]:
+    """``<stem>s.npy`` holding all arrays, or one ``<stem>_###.nii.gz`` per array (channels last)."""
     import numpy as np
 
     from .checkpoint import atomic_write
@@ -75,14 +76,14 @@ def _write_arrays(samples, out, fmt: str) -> list[str]:
             with open(tmp, "wb") as fh:
                 np.save(fh, samples)
 
-        atomic_write(out / "samples.npy", save)
-        return ["samples.npy"]
+        atomic_write(out / f"{stem}s.npy", save)
+        return [f"{stem}s.npy"]
     import nibabel as nib
 
     names = []
     for i, s in enumerate(samples):
         data = s[0] if s.shape[0] == 1 else np.moveaxis(s, 0, -1)  # NIfTI: channels last
-        name = f"sample_{i:03d}.nii.gz"
+        name = f"{stem}_{i:03d}.nii.gz"
         img = nib.Nifti1Image(data.astype(np.float32), np.eye(4))
         atomic_write(out / name, lambda tmp, img=img: _save_nifti(img, tmp))
         names.append(name)
@@ -107,7 +108,8 @@ def _save_nifti(img, tmp: str) -> None:
 @click.option("--steps", type=int, default=None, help="Denoising steps (default: the model's sample_steps).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sample i starts from seed + i.")
 @click.option("--condition", default=None,
-              help="Class index (class-conditional models) or an image file / .npy (sdm).")
+              help="Class index (class-conditional models) or an image file / .npy (sdm: also writes the "
+                   "ensemble mean and standard deviation of the N samples).")
 @click.option("--guidance", type=float, default=None, help="Classifier-free guidance scale.")
 @click.option("--format", "fmt", type=click.Choice(["npy", "nifti"]), default="npy", show_default=True,
               help="How to write the arrays.")
@@ -162,6 +164,10 @@ def _run(checkpoint: str, n: int, sampler: str | None, steps: int | None, seed: 
     opts = getattr(model, "options", None)
     data_range = tuple(float(v) for v in opts.input_range) if hasattr(opts, "input_range") else None
     names = _write_arrays(array, out, fmt)
+    if cond is not None and not isinstance(cond, int) and n > 1:
+        # Several samples for one input image (sdm): their mean and spread (an uncertainty map).
+        names += _write_arrays(array.mean(axis=0, keepdims=True), out, fmt, "ensemble_mean")
+        names += _write_arrays(array.std(axis=0, keepdims=True), out, fmt, "ensemble_std")
     _grid_png(array, out / "grid.png", data_range)
     record = {"checkpoint": str(checkpoint), "arch": model.config.arch, "n": n, "sampler": sampler,
               "steps": steps, "seed": seed, "condition": condition, "guidance": guidance,

@@ -65,6 +65,9 @@ def test_sample_nifti_vae_and_sdm(checkpoints, tmp_path):
     result = run(checkpoints["sdm"], "-n", 2, "--steps", 2, "--condition", cond, "-o", tmp_path / "s")
     assert result.exit_code == 0, result.output
     assert np.load(tmp_path / "s" / "samples.npy").shape == (2, 1, 16, 16)
+    samples = np.load(tmp_path / "s" / "samples.npy")
+    assert np.allclose(np.load(tmp_path / "s" / "ensemble_means.npy")[0], samples.mean(0), atol=1e-6)
+    assert np.allclose(np.load(tmp_path / "s" / "ensemble_stds.npy")[0], samples.std(0), atol=1e-6)
 
 
 @pytest.mark.parametrize("key, extra, message", [
