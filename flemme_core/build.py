@@ -70,34 +70,36 @@ def loss_spec(model: Architecture) -> list[dict[str, Any]]:
     return model.config.loss if model.config.loss is not None else list(model.default_loss)
 
 
-def versions_of(model: Architecture) -> dict[str, str]:
-    """Distribution versions of the core and of every plugin the model's components come from."""
-    registry = get_registry()
+def used_components(model: Architecture) -> list[tuple[str, str]]:
+    """(kind, name) of every registered component a model is built from: architecture, encoder,
+    losses, and what they declare (``Architecture.extra_components``, ``Encoder.components``)."""
     cfg = model.config
-    out: dict[str, str] = {}
-    core = registry.loaded_plugins()[0].provider
-    out[core.name] = core.version
     wanted = [("architecture", cfg.arch), ("encoder", cfg.encoder.name)]
     wanted += [("loss", item["name"]) for item in loss_spec(model)]
-    wanted += [(kind, name) for kind, name in getattr(model, "extra_components", lambda: [])()]
-    for kind, name in wanted:
-        provider = registry.provider_of(kind, name)
-        if provider is not None:
-            out[provider.name] = provider.version
-    return out
+    wanted += list(model.extra_components())
+    wanted += list(getattr(model.encoder, "components", lambda: [])())
+    return list(dict.fromkeys(wanted))
 
 
 def components_of(model: Architecture) -> dict[str, str]:
-    """kind:name -> distribution, stored in checkpoints so a missing plugin can be named."""
+    """kind:name -> 'distribution version', stored in checkpoints so a missing plugin can be named."""
     registry = get_registry()
-    cfg = model.config
-    wanted = [("architecture", cfg.arch), ("encoder", cfg.encoder.name)]
-    wanted += [("loss", item["name"]) for item in loss_spec(model)]
-    wanted += [(kind, name) for kind, name in getattr(model, "extra_components", lambda: [])()]
     out = {}
-    for kind, name in wanted:
+    for kind, name in used_components(model):
         provider = registry.provider_of(kind, name)
-        out[f"{kind}:{name}"] = f"{provider.name} {provider.version}".strip() if provider else "?"
+        out[f"{kind}:{name}"] = str(provider) if provider else "?"
+    return out
+
+
+def versions_of(model: Architecture) -> dict[str, str]:
+    """Distribution versions of the core and of every plugin the model's components come from."""
+    registry = get_registry()
+    core = registry.loaded_plugins()[0].provider
+    out = {core.name: core.version}
+    for kind, name in used_components(model):
+        provider = registry.provider_of(kind, name)
+        if provider is not None:
+            out[provider.name] = provider.version
     return out
 
 

@@ -133,6 +133,11 @@ class Encoder(nn.Module):
     def total_stride(self) -> int:
         return self.feature_strides[-1]
 
+    def components(self) -> list[tuple[str, str]]:
+        """(kind, name) of other registered components this encoder is built from (a fusion
+        encoder's branch families and strategy); checkpoints record their plugins."""
+        return []
+
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> list[torch.Tensor]:
         raise NotImplementedError
 

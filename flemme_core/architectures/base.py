@@ -87,6 +87,11 @@ class Architecture(nn.Module):
         Both are sequences of ``{"image", ...}`` items. ``None``: per-batch metrics apply."""
         return None
 
+    def extra_components(self) -> list[tuple[str, str]]:
+        """(kind, name) of registered components used beyond the config's encoder and losses
+        (a student encoder, a fusion); checkpoints record their plugins."""
+        return []
+
     def summary_extra(self) -> dict[str, Any]:
         """Architecture-specific facts for the build summary."""
         return {}
