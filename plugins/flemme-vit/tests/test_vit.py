@@ -114,3 +114,21 @@ def test_checkpoint_round_trip_is_bit_exact(tmp_path):
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))
     assert loaded.checkpoint_metadata["versions"]["flemme-vit"] == "0.1.0"
+
+
+def test_fused_gelu_mlp_matches_autograd():
+    from flemme_vit.tokens import GeluLinear, mlp
+
+    h = torch.randn(3, 5, 8, dtype=torch.double, requires_grad=True)
+    w = torch.randn(4, 8, dtype=torch.double, requires_grad=True)
+    b = torch.randn(4, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(GeluLinear.apply, (h, w, b))
+    block = mlp(8, 2.0, 0.0, "gelu")
+    x = torch.randn(2, 7, 8, requires_grad=True)
+    fused = block(x)
+    ref = block.linear2(torch.nn.functional.gelu(block.linear1(x)))
+    torch.testing.assert_close(fused, ref)
+    g1 = torch.autograd.grad(fused.square().sum(), [x, *block.parameters()])
+    g2 = torch.autograd.grad(ref.square().sum(), [x, *block.parameters()])
+    for a, b_ in zip(g1, g2):
+        torch.testing.assert_close(a, b_)
