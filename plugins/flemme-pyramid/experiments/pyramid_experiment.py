@@ -148,11 +148,16 @@ def table(rows: list[dict[str, Any]], baseline: dict[str, float] | None = None) 
                              f"ssim {baseline['ssim']:.4f} | | |")
             if plain in stats and hier in stats:
                 cells = []
+                by_seed = {arch: {r["seed"]: r["final"] for r in groups[(task, family, arch)]} for arch in (plain, hier)}
+                paired = sorted(set(by_seed[plain]) & set(by_seed[hier]))
                 for m in names:
                     a, b = stats[plain][m][0], stats[hier][m][0]
                     rel = 100.0 * (b - a) / abs(a) if a else math.nan
                     gains.setdefault(m, []).append(rel)
-                    cells.append(f"{m} {rel:+.2f}%")
+                    diffs = [by_seed[hier][s][m] - by_seed[plain][s][m] for s in paired]
+                    d_mean, d_std = _mean_std(diffs)
+                    wins = sum(d > 0 for d in diffs)
+                    cells.append(f"{m} {rel:+.2f}% (paired Δ {d_mean:+.4f} ± {d_std:.4f}, better in {wins}/{len(diffs)})")
                 lines.append(f"| {task} | {family} | **{hier} vs {plain}** | | {cells[0]} | {cells[1]} | | |")
     if gains:
         lines.append("")
