@@ -161,3 +161,12 @@ def test_checkpoint_round_trip_is_bit_exact(tmp_path):
     x = torch.randn(1, 1, 16, 16, 16)
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))
+
+
+@pytest.mark.parametrize("family", ["vit", "swin"])
+def test_trains_under_bf16_autocast(family):
+    model = small_model(family, "unet", 2, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.randn(2, 1, 32, 32))
+    out.float().mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())

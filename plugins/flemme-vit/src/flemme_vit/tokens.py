@@ -273,13 +273,22 @@ class GeluLinear(torch.autograd.Function):
         return grad_h, grad_weight, grad_bias
 
 
+def _autocast_enabled(device_type: str) -> bool:
+    """Under autocast the plain path runs (GeluLinear's backward assumes one dtype)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
+
+
 class TokenMLP(MLPBlock):
     """MONAI's MLPBlock; with exact GELU and no dropout between the Linears it runs the
     memory-saving :class:`GeluLinear` (same numbers, same parameters)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fused = (isinstance(self.fn, nn.GELU) and self.fn.approximate == "none"
-                 and (self.drop1.p == 0 or not self.training) and torch.is_grad_enabled())
+                 and (self.drop1.p == 0 or not self.training) and torch.is_grad_enabled()
+                 and not _autocast_enabled(x.device.type))
         if not fused:
             return super().forward(x)
         return self.drop2(GeluLinear.apply(self.linear1(x), self.linear2.weight, self.linear2.bias))
