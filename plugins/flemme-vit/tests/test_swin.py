@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 import torch
-from conftest import small_model
+from vit_testutil import small_model
 
 from flemme_core.config import EncoderConfig
 from flemme_core.errors import ConfigError, ShapeError
