@@ -198,6 +198,11 @@ class Trainer:
             if record.get("scaler") and self.scaler:
                 self.scaler.load_state_dict(record["scaler"])
         progress = Progress(self.total_steps, self.step, self.cfg.progress, self.quiet)
+        mc = self.model.config
+        progress.message(f"training {mc.arch} with encoder {mc.encoder.name} on {self.info.name} "
+                         f"({self.info.num_train} train / {self.info.num_held_out} held-out items): "
+                         f"{self.total_steps} steps, batch {self.batch}, {self.ctx.world_size} process(es) on "
+                         f"{self.device.type}; run folder {self.run_dir}")
         if record is not None:
             progress.message(f"resuming {self.run_dir} at step {self.step}/{self.total_steps}")
         order = StreamOrder(len(self.train_ds), self.cfg.seed)
