@@ -61,7 +61,6 @@ def scan_inputs(length: int, batch: int = 2, channels: int = 192, d_state: int =
 def run_scan(variant: str, length: int, repeats: int) -> dict:
     """Child process: time forward and backward of one scan variant."""
     import torch
-
     from flemme_mamba.scan.cpu import selective_scan_cpp
     from flemme_mamba.scan.reference import selective_scan_ref
     from flemme_mamba.scan.torch_scan import selective_scan_torch
@@ -110,7 +109,6 @@ def run_build() -> dict:
 def run_accuracy(length: int) -> dict:
     """Child process: max relative error of the kernel vs the float64 reference (output and grads)."""
     import torch
-
     from flemme_mamba.scan.cpu import selective_scan_cpp
     from flemme_mamba.scan.reference import selective_scan_ref
 
@@ -136,7 +134,7 @@ def run_train(family: str, dims: int, size: int, batch: int, steps: int, width: 
 
     from flemme_core import build_model
 
-    channels = [max(4, int(round(c * width))) for c in (32, 64, 128, 256)]
+    channels = [max(4, round(c * width)) for c in (32, 64, 128, 256)]
     model = build_model({"arch": "unet", "dims": dims, "image_size": size, "in_channels": 1, "out_channels": 2,
                          "encoder": {"name": family, "channels": channels}})
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -161,7 +159,7 @@ def child(args: list[str], threads: int, timeout: float) -> dict | None:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     cmd = [sys.executable, __file__, "--child", json.dumps(args), "--threads", str(threads)]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         return {"timeout": timeout}
     if proc.returncode != 0:
@@ -177,7 +175,7 @@ def matched_cnn_width(target: int, dims: int) -> float:
     lo, hi = 0.25, 8.0
     for _ in range(30):
         mid = (lo * hi) ** 0.5
-        ch = [max(4, int(round(c * mid))) for c in (32, 64, 128, 256)]
+        ch = [max(4, round(c * mid)) for c in (32, 64, 128, 256)]
         m = build_model({"arch": "unet", "dims": dims, "image_size": 64, "encoder": {"name": "cnn", "channels": ch}})
         n = sum(p.numel() for p in m.parameters())
         lo, hi = (mid, hi) if n < target else (lo, mid)

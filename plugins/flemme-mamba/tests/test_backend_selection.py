@@ -8,12 +8,12 @@ import types
 
 import pytest
 import torch
-
-import flemme_mamba.scan as scan
-from flemme_core.errors import ConfigError
+from mamba_testutil import scan_inputs
+from flemme_mamba import scan
 from flemme_mamba.scan import build
 from flemme_mamba.scan.reference import selective_scan_ref
-from conftest import scan_inputs
+
+from flemme_core.errors import ConfigError
 
 
 @pytest.fixture
@@ -124,3 +124,20 @@ def test_env_var_disables_the_kernel(monkeypatch):
 def test_unknown_backend_name_lists_choices():
     with pytest.raises(ConfigError, match="did you mean 'cpp'"):
         scan.select_backend("cpu", "cppp")
+
+
+def test_built_kernel_is_reused_from_the_cache(monkeypatch):
+    """After one build, loading again (a new process, or after a cache clear) never compiles."""
+    assert build.kernel_problem() == ""
+    build.load_kernel.cache_clear()
+
+    def no_compile(*args, **kwargs):
+        raise AssertionError("the cached kernel was rebuilt")
+
+    monkeypatch.setattr(build, "_compile", no_compile)
+    try:
+        lib = build.load_kernel()
+        assert lib.flemme_scan_abi_version() == build.ABI_VERSION
+        assert str(build.cache_dir()) in lib._name
+    finally:
+        build.load_kernel.cache_clear()

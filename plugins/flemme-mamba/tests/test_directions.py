@@ -7,7 +7,6 @@ import itertools
 
 import pytest
 import torch
-
 from flemme_mamba.directions import SCAN_MODES, Directions, scan_orders
 from flemme_mamba.scan.reference import selective_scan_ref
 from flemme_mamba.ssm import SelectiveScanND
@@ -51,7 +50,10 @@ def test_each_direction_scans_in_its_own_axis_order(spatial):
         single = torch.zeros(len(d), dtype=torch.float64)
         single[k] = 1
         merged = d.merge(seqs * single.view(1, -1, 1, 1), spatial).view(*spatial)
-        key = (lambda p: tuple(p[a] for a in perm))  # noqa: E731 - visiting order of this direction
+
+        def key(p, perm=perm):  # the visiting order of this direction
+            return tuple(p[a] for a in perm)
+
         for p in positions:
             before = [q for q in positions if (key(q) >= key(p) if flipped else key(q) <= key(p))]
             expected = sum(x[0, 0][q].item() for q in before)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from conftest import TENSOR_ARGS, scan_inputs
+from mamba_testutil import TENSOR_ARGS, scan_inputs
 from flemme_mamba.scan.cpu import selective_scan_cpp
 from flemme_mamba.scan.reference import selective_scan_ref
 from flemme_mamba.scan.torch_scan import selective_scan_torch

@@ -8,8 +8,8 @@ results are views of channels-last memory (``movedim``), so the next module's
 
 from __future__ import annotations
 
-from torch import nn
 import torch
+from torch import nn
 
 from flemme_core import layers
 

@@ -69,7 +69,7 @@ def select_backend(device: torch.device | str, requested: str = "auto") -> str:
     return "torch"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _warn_once(message: str) -> None:
     warnings.warn(message, RuntimeWarning, stacklevel=3)
 

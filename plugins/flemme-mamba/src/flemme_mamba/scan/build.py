@@ -66,7 +66,7 @@ def _cpu_signature() -> str:
 
 def _compiler_version(cxx: str) -> str:
     try:
-        return subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout
+        return subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30, check=False).stdout
     except (OSError, subprocess.SubprocessError):
         return ""
 
@@ -77,7 +77,7 @@ def _compile(cxx: str, flags: list[str], target: Path) -> str:
     os.close(fd)
     cmd = [cxx, *flags, str(SOURCE), "-o", tmp]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
         if proc.returncode != 0:
             return f"{' '.join(cmd)} failed: {proc.stderr.strip()[-2000:]}"
         os.replace(tmp, target)

@@ -20,7 +20,7 @@ from .reference import expand_groups
 def _chunked_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """h_t = a_t h_{t-1} + b_t along dim -2 of (..., L, N) tensors, h_{-1} = 0."""
     length = a.shape[-2]
-    T = max(1, int(math.ceil(math.sqrt(length))))
+    T = max(1, math.ceil(math.sqrt(length)))
     nc = -(-length // T)
     pad = nc * T - length
     if pad:
