@@ -48,6 +48,13 @@ def slow(session: nox.Session) -> None:
 
 
 @nox.session
+def pyramid_experiment(session: nox.Session) -> None:
+    """Plain vs hierarchical (unet/hunet, ae/hae), 3 seeds, on the shipped real images."""
+    session.run("python", "plugins/flemme-pyramid/experiments/pyramid_experiment.py",
+                "--out", "runs/pyramid-experiment", *session.posargs)
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     session.run("ruff", "check", "flemme_core", "plugins", "examples", "tests", "benchmarks", "noxfile.py")
 
@@ -55,6 +62,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Every benchmark in benchmarks/ (each prints a markdown table)."""
+    session.run("python", "-m", "pip", "install", "-q", "einops")  # MONAI's UNETR/SwinUNETR, the vit peers
     for script in sorted((ROOT / "benchmarks").glob("bench_*.py")):
         session.log(f"== {script.name}")
         session.run("python", str(script), *session.posargs)
