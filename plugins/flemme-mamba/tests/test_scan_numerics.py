@@ -108,3 +108,9 @@ def test_half_precision_inputs_come_back_in_their_dtype():
     ref = selective_scan_ref(**{k: (v.double() if isinstance(v, torch.Tensor) else v) for k, v in args.items()})
     assert out.dtype == torch.bfloat16
     assert rel_err(out.float(), ref) < 2e-2
+
+
+@pytest.mark.parametrize("length", [1, 2, 5])
+@pytest.mark.parametrize("fn", [selective_scan_cpp, selective_scan_torch], ids=["cpp", "torch"])
+def test_very_short_sequences(fn, length):
+    check_against_reference(fn, scan_inputs(1, 2, 3, length, 4))

@@ -2,9 +2,11 @@
 
 Numerically safe at any step size: the recurrence ``h_t = a_t h_{t-1} + b_t`` is solved
 by a two-level chunked scan that only multiplies decays (never divides by a cumulative
-product, which is what makes log-cumsum scans overflow under Mamba's dt init). Only the
-recurrence has a hand-written backward (the reverse scan ``g_t = dh_t + a_{t+1} g_{t+1}``);
-the element-wise parts go through autograd. Costs O(L) work in about 2*sqrt(L) Python steps.
+product, which is what makes log-cumsum scans overflow under Mamba's dt init). Time is
+split into ``nc`` chunks of ``T ≈ sqrt(L)`` steps and every tensor is laid out step-major,
+``(T, nc, batch, groups, D, N)``, so each of the ~2·sqrt(L) Python steps reads contiguous
+memory. Only the recurrence has a hand-written backward (the reverse scan
+``g_t = dh_t + a_{t+1} g_{t+1}``); the element-wise parts go through autograd.
 """
 
 from __future__ import annotations
@@ -14,71 +16,83 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .reference import expand_groups
 
-
-def _chunked_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """h_t = a_t h_{t-1} + b_t along dim -2 of (..., L, N) tensors, h_{-1} = 0."""
-    length = a.shape[-2]
-    T = max(1, math.ceil(math.sqrt(length)))
-    nc = -(-length // T)
-    pad = nc * T - length
+def _to_steps(x: torch.Tensor, T: int, nc: int) -> torch.Tensor:
+    """(..., L) -> contiguous (T, nc, ...), zero-padded to nc * T steps."""
+    pad = nc * T - x.shape[-1]
     if pad:
-        a = F.pad(a, (0, 0, 0, pad), value=1.0)
-        b = F.pad(b, (0, 0, 0, pad), value=0.0)
-    # step-major layout (T, ..., nc, N): every step below reads contiguous memory
-    a = a.reshape(*a.shape[:-2], nc, T, a.shape[-1]).movedim(-2, 0).contiguous()
-    b = b.reshape(*b.shape[:-2], nc, T, b.shape[-1]).movedim(-2, 0).contiguous()
-    local = torch.empty_like(b)   # the scan of each chunk from a zero state
-    prod = torch.empty_like(a)    # the decay from each chunk's start
-    local[0], prod[0] = b[0], a[0]
-    for i in range(1, T):  # every chunk at once
-        torch.addcmul(b[i], a[i], local[i - 1], out=local[i])
-        torch.mul(prod[i - 1], a[i], out=prod[i])
-    last_prod = prod[-1].movedim(-2, 0).contiguous()   # (nc, ..., N)
-    last_local = local[-1].movedim(-2, 0).contiguous()
-    starts = torch.empty_like(last_local)
-    carry = torch.zeros_like(last_local[0])
-    for c in range(nc):  # the state entering each chunk
-        starts[c] = carry
-        carry = torch.addcmul(last_local[c], last_prod[c], carry)
-    h = torch.addcmul(local, prod, starts.movedim(0, -2).unsqueeze(0))
-    h = h.movedim(0, -2).reshape(*h.shape[1:-2], nc * T, h.shape[-1])
-    return h[..., :length, :] if pad else h
+        x = F.pad(x, (0, pad))
+    x = x.reshape(*x.shape[:-1], nc, T)
+    return x.movedim(-1, 0).movedim(-1, 1).contiguous()
 
 
-class LinearScan(torch.autograd.Function):
-    """The first-order linear recurrence with its reverse-scan backward."""
+class StepScan(torch.autograd.Function):
+    """h_t = a_t h_{t-1} + x_t over the time index (i, c) -> c * T + i of (T, nc, ...) tensors."""
 
     @staticmethod
-    def forward(ctx, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        h = _chunked_scan(a, b)
+    def forward(ctx, a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        T, nc = a.shape[0], a.shape[1]
+        h = torch.empty_like(x)       # first: each chunk scanned from a zero state
+        prod = torch.empty_like(a)    # decay from the chunk's start
+        h[0], prod[0] = x[0], a[0]
+        for i in range(1, T):         # every chunk at once
+            torch.addcmul(x[i], a[i], h[i - 1], out=h[i])
+            torch.mul(prod[i - 1], a[i], out=prod[i])
+        start = torch.zeros_like(x[0])  # (nc, ...): the state entering each chunk
+        for c in range(1, nc):
+            torch.addcmul(h[-1, c - 1], prod[-1, c - 1], start[c - 1], out=start[c])
+        h.addcmul_(prod, start.unsqueeze(0))
         ctx.save_for_backward(a, h)
         return h
 
     @staticmethod
     def backward(ctx, dh: torch.Tensor):  # type: ignore[override]
         a, h = ctx.saved_tensors
-        a_next = torch.cat([a[..., 1:, :], torch.zeros_like(a[..., :1, :])], dim=-2)
-        g = _chunked_scan(a_next.flip(-2), dh.flip(-2)).flip(-2)   # dL/dh_t through the recurrence
-        h_prev = torch.cat([torch.zeros_like(h[..., :1, :]), h[..., :-1, :]], dim=-2)
-        return g * h_prev, g
+        T, nc = a.shape[0], a.shape[1]
+        dh = dh.contiguous()
+        g = torch.empty_like(dh)      # first: reverse scan of each chunk from a zero carry
+        suffix = torch.empty_like(a)  # a_{i+1} ... a_{T-1} within the chunk
+        g[-1] = dh[-1]
+        suffix[-1] = 1.0
+        for i in range(T - 2, -1, -1):
+            torch.addcmul(dh[i], a[i + 1], g[i + 1], out=g[i])
+            torch.mul(suffix[i + 1], a[i + 1], out=suffix[i])
+        carry = torch.zeros_like(dh[0])  # (nc, ...): a_{next start} * g_{next start} for each chunk
+        for c in range(nc - 2, -1, -1):
+            g_next = torch.addcmul(g[0, c + 1], suffix[0, c + 1], carry[c + 1])
+            torch.mul(a[0, c + 1], g_next, out=carry[c])
+        g.addcmul_(suffix, carry.unsqueeze(0))
+        da = torch.empty_like(a)      # dL/da_t = g_t * h_{t-1}
+        torch.mul(g[1:], h[:-1], out=da[1:])
+        torch.mul(g[0, 1:], h[-1, :-1], out=da[0, 1:])
+        da[0, 0] = 0.0
+        return da, g
 
 
 def selective_scan_torch(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                          C: torch.Tensor, D: torch.Tensor | None = None, z: torch.Tensor | None = None,
                          delta_bias: torch.Tensor | None = None, delta_softplus: bool = False) -> torch.Tensor:
     """Same contract as :func:`reference.selective_scan_ref`, any device."""
-    channels = u.shape[1]
+    batch, channels, length = u.shape
     if delta_bias is not None:
         delta = delta + delta_bias[:, None]
     if delta_softplus:
         delta = F.softplus(delta)
-    Bx = expand_groups(B, channels).transpose(-1, -2)                 # (b, ch, L, N)
-    Cx = expand_groups(C, channels).transpose(-1, -2)
-    a = torch.exp(delta.unsqueeze(-1) * A[:, None, :])
-    h = LinearScan.apply(a, (delta * u).unsqueeze(-1) * Bx)
-    y = (h * Cx).sum(-1)
+    if B.dim() == 3:
+        B, C = B.unsqueeze(1), C.unsqueeze(1)
+    groups, n = B.shape[1], A.shape[1]
+    per = channels // groups
+    T = max(1, math.ceil(math.sqrt(length)))
+    nc = -(-length // T)
+    shape = (T, nc, batch, groups, per, 1)
+    dt = _to_steps(delta, T, nc).view(shape)            # padded steps: dt = 0, so a = 1 and x = 0
+    us = _to_steps(u, T, nc).view(shape)
+    Bs = _to_steps(B, T, nc).unsqueeze(-2)              # (T, nc, batch, groups, 1, N)
+    Cs = _to_steps(C, T, nc).unsqueeze(-1)              # (T, nc, batch, groups, N, 1)
+    a = torch.exp(dt * A.reshape(groups, per, n))       # (T, nc, batch, groups, per, N)
+    h = StepScan.apply(a, (dt * us) * Bs)
+    y = torch.matmul(h, Cs).squeeze(-1)                 # (T, nc, batch, groups, per)
+    y = y.permute(2, 3, 4, 1, 0).reshape(batch, channels, nc * T)[..., :length]
     if D is not None:
         y = y + D[:, None] * u
     if z is not None:
