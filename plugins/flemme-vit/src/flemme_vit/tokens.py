@@ -205,8 +205,8 @@ class TokenFamily(BlockFamily):
                               f"levels; give one number or one per level")
         for level, (h, width) in enumerate(zip(heads, channels)):
             if width % h:
-                near = sorted({max(d for d in range(1, h + 1) if width % d == 0),
-                               min(d for d in range(h, width + 1) if width % d == 0)})
+                near = sorted({max(d for d in range(1, min(h, width) + 1) if width % d == 0),
+                               min((d for d in range(h, width + 1) if width % d == 0), default=width)})
                 raise ConfigError(f"model.encoder.heads: {h} heads do not divide width {width} at level {level}; "
                                   f"use a divisor of {width} (e.g. {' or '.join(map(str, near))})")
         return list(heads)
