@@ -8,10 +8,10 @@ import types
 
 import pytest
 import torch
-from mamba_testutil import scan_inputs
 from flemme_mamba import scan
 from flemme_mamba.scan import build
 from flemme_mamba.scan.reference import selective_scan_ref
+from mamba_testutil import scan_inputs
 
 from flemme_core.errors import ConfigError
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from mamba_testutil import TENSOR_ARGS, scan_inputs
 from flemme_mamba.scan.cpu import selective_scan_cpp
 from flemme_mamba.scan.reference import selective_scan_ref
 from flemme_mamba.scan.torch_scan import selective_scan_torch
+from mamba_testutil import TENSOR_ARGS, scan_inputs
 
 TOL = 1e-5  # max |error| / max |reference|, per output and per gradient
 
