@@ -188,6 +188,7 @@ def main() -> None:
     p.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--variants", nargs="+", choices=SCAN_VARIANTS, default=list(SCAN_VARIANTS))
     p.add_argument("--naive-max-length", type=int, default=16384, help="skip the naive loop above this L")
     p.add_argument("--timeout", type=float, default=1800)
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -211,7 +212,7 @@ def main() -> None:
         print("|---:|---|---:|---:|---:|---:|---:|")
         for length in args.lengths:
             rows = {}
-            for variant in SCAN_VARIANTS:
+            for variant in args.variants:
                 if variant == "naive" and length > args.naive_max_length:
                     continue
                 rows[variant] = child(["scan", variant, length, args.repeats], args.threads, args.timeout)

@@ -108,6 +108,9 @@ def test_kernel_loader_reports_a_failing_compiler(monkeypatch, tmp_path):
     build.load_kernel.cache_clear()
     try:
         assert "broken toolchain" in build.kernel_problem()
+        fake.write_text("#!/bin/sh\nexit 1\n")  # a second process must not compile again
+        build.load_kernel.cache_clear()
+        assert "broken toolchain" in build.kernel_problem()
     finally:
         build.load_kernel.cache_clear()
 

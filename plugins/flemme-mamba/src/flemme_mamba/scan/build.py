@@ -114,7 +114,10 @@ def load_kernel() -> ctypes.CDLL:
         key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), _compiler_version(cxx).encode(),
                                          _cpu_signature().encode()])).hexdigest()[:16]
         folder = cache_dir() / key
-        target = folder / "selective_scan.so"
+        target, failed = folder / "selective_scan.so", folder / "FAILED.txt"
+        if failed.exists():  # this source, compiler and flag set failed before: do not retry every run
+            errors.append(failed.read_text(errors="replace"))
+            continue
         if not target.exists():
             try:
                 folder.mkdir(parents=True, exist_ok=True)
@@ -123,6 +126,7 @@ def load_kernel() -> ctypes.CDLL:
             problem = _compile(cxx, flags, target)
             if problem:
                 errors.append(problem)
+                failed.write_text(problem)
                 continue
         try:
             return _load(target)
