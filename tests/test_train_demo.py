@@ -85,16 +85,17 @@ def _predict_the_template(out: Path, tmp_path: Path, held_out_dice: float) -> No
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset,patch,modules", [
-    ("mni152-tissue-2d", [96, 48], ["nilearn"]),
-    ("stardist-nuclei-2d", [128, 128], ["stardist"]),
-    ("stardist-nuclei-3d", [16, 32, 32], ["stardist"]),
+@pytest.mark.parametrize("preset,patch,batch,modules", [
+    ("mni152-tissue-2d", [96, 48], 8, ["nilearn"]),
+    ("stardist-nuclei-2d", [128, 128], 4, ["stardist"]),
+    ("stardist-nuclei-3d", [16, 32, 32], 2, ["stardist"]),
 ])
-def test_real_presets_train_end_to_end(tmp_path, preset, patch, modules):
+def test_real_presets_train_end_to_end(tmp_path, preset, patch, batch, modules):
     if not all(_has(m) for m in modules):
         pytest.skip(f"needs {', '.join(modules)}")
     result = CliRunner().invoke(main, [
-        "train", "--data", preset, "--encoder", "cnn", "--arch", "unet", "--steps", "30", "-q",
+        "train", "--data", preset, "--encoder", "cnn", "--arch", "unet", "--steps", "60", "-q",
+        "--batch-size", str(batch), "--lr", "0.003",
         "-o", str(tmp_path / "run"), "--set", "encoder.channels=[8,16,32]", "--set", "encoder.norm=instance",
         "--set", f"data.patch_size={patch}", "--set", "train.val_every=0"])
     assert result.exit_code == 0, result.output
