@@ -90,8 +90,10 @@ class Progress:
         self.initial = initial
         self.total = total
         if self.enabled and sys.stderr.isatty():
-            from tqdm.auto import tqdm
-
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:  # no bar: validation lines only
+                return
             self.bar = tqdm(total=total, initial=initial, dynamic_ncols=True, unit="step", leave=True)
 
     def update(self, step: int, postfix: dict[str, Any]) -> None:
