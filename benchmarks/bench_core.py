@@ -103,8 +103,7 @@ def main() -> None:
     print("| case | flemme | peer | params flemme / peer | s/step flemme / peer | time ratio | "
           "peak RSS MB flemme / peer | memory ratio |")
     print("|---|---|---|---|---|---|---|---|")
-    for case in CASES:
-        dims, size, batch = CASES[case]
+    for case, (dims, size, batch) in CASES.items():
         label = f"{dims}D {size}^{dims} batch {batch}"
         for ours, peer in (("flemme-basic", "monai-basic"), ("flemme-res", "monai-unet")):
             a, b = run(ours, case), run(peer, case)

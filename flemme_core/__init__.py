@@ -12,8 +12,19 @@ from .errors import CheckpointError, ConfigError, FlemmeError, PluginError, Shap
 from .hookspecs import hookimpl
 
 __all__ = [
-    "hookimpl", "register_plugin", "unregister_plugin", "get_registry", "build_model", "build_encoder",
-    "load_model", "save_model", "FlemmeError", "ConfigError", "ShapeError", "PluginError", "CheckpointError",
+    "CheckpointError",
+    "ConfigError",
+    "FlemmeError",
+    "PluginError",
+    "ShapeError",
+    "build_encoder",
+    "build_model",
+    "get_registry",
+    "hookimpl",
+    "load_model",
+    "register_plugin",
+    "save_model",
+    "unregister_plugin",
 ]
 
 _LAZY = {

@@ -77,7 +77,7 @@ def used_components(model: Architecture) -> list[tuple[str, str]]:
     wanted = [("architecture", cfg.arch), ("encoder", cfg.encoder.name)]
     wanted += [("loss", item["name"]) for item in loss_spec(model)]
     wanted += list(model.extra_components())
-    wanted += list(getattr(model.encoder, "components", lambda: [])())
+    wanted += list(getattr(model.encoder, "components", list)())
     return list(dict.fromkeys(wanted))
 
 

@@ -232,11 +232,11 @@ def info_command(path: str, as_json: bool) -> None:
         click.echo("extra        " + json.dumps(meta["extra"], sort_keys=True))
 
 
-from .cli_sample import sample  # noqa: E402 - generative models (flemme-diffusion); imports click only
+from .cli_sample import sample
 
 main.add_command(sample)
 
-from .cli_train import demo_command, eval_command, predict_command, train_command  # noqa: E402 - click only
+from .cli_train import demo_command, eval_command, predict_command, train_command
 
 main.add_command(train_command)
 main.add_command(eval_command)

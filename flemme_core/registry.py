@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
+import importlib.metadata as importlib_metadata
 import os
-import sys
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,11 +30,6 @@ import pluggy
 
 from . import hookspecs
 from .errors import PluginError, unknown_name_message
-
-if sys.version_info >= (3, 10):
-    import importlib.metadata as importlib_metadata
-else:  # pragma: no cover
-    import importlib_metadata
 
 ENTRY_POINT_GROUP = "flemme"
 KINDS = {
@@ -83,7 +78,7 @@ class Component:
             obj: Any = importlib.import_module(module_name)
             for part in attr.split("."):
                 obj = getattr(obj, part)
-        except Exception as exc:  # noqa: BLE001 - report any plugin failure as one line
+        except Exception as exc:
             raise PluginError(
                 f"{self.kind} {self.name!r} from {self.provider} could not be loaded "
                 f"({self.factory}): {type(exc).__name__}: {exc}; reinstall or upgrade {self.provider.name}"

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_configs import tiny_model_config
 
 from flemme_core import build_model
 from flemme_core.build import summarize
 from flemme_core.encoder import Encoder
 from flemme_core.errors import ConfigError, ShapeError
 from flemme_core.registry import get_registry
-
-from model_configs import tiny_model_config
 
 FAMILIES = sorted(get_registry().components("encoder"))
 CORE_ARCHS = ["unet", "ae"]

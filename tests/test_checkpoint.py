@@ -7,13 +7,12 @@ import os
 
 import pytest
 import torch
+from model_configs import tiny_model_config
 from safetensors.torch import save_file
 
 from flemme_core import build_model, load_model, save_model
 from flemme_core.checkpoint import atomic_write, read_metadata
 from flemme_core.errors import CheckpointError
-
-from model_configs import tiny_model_config
 
 
 @pytest.fixture
@@ -46,7 +45,7 @@ def test_metadata_holds_config_versions_and_parameters(saved):
 
 
 def test_missing_plugin_is_named(saved, tmp_path):
-    model, path = saved
+    _, path = saved
     from safetensors import safe_open
     from safetensors.torch import load_file
 
