@@ -206,7 +206,7 @@ def main() -> None:
     print(f"<!-- {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads {args.threads}, "
           f"load average {os.getloadavg()[0]:.1f} -->")
     if args.only in (None, "scan"):
-        print(f"\n**Selective scan, fwd+bwd, B=2, D=192, N=16, fp32, {args.threads} threads** (seconds, median of "
+        print(f"\n**Selective scan, fwd+bwd, B=2, D=192, N=16, fp32, {args.threads} thread{'s' if args.threads > 1 else ''}** (seconds, median of "
               f"{args.repeats}; peak = resident-memory growth)\n")
         print("| L | variant | forward s | backward s | fwd+bwd s | peak MB | naive / this |")
         print("|---:|---|---:|---:|---:|---:|---:|")
