@@ -7,15 +7,13 @@ the normalised input of the selective-scan branch of every block.
 from __future__ import annotations
 
 import torch
-from monai.networks.blocks import MLPBlock
 from monai.networks.layers import DropPath
 from torch import nn
 
-from flemme_core import layers
 from flemme_core.encoder import ContextInjection
+from flemme_core.tokens import mlp, token_norm
 
 from .ssm import SelectiveScanND
-from .tokens import TokenNorm
 
 
 class MambaBlock(nn.Module):
@@ -25,16 +23,15 @@ class MambaBlock(nn.Module):
                  d_conv: int, scan: str, mlp_ratio: float, backend: str, norm: str, act: str,
                  dropout: float, drop_path: float, context_dim: int | None):
         super().__init__()
-        self.norm1 = TokenNorm(norm, dims, width)
+        self.norm1 = token_norm(norm, width, dims)
         self.ssm = SelectiveScanND(dims, width, d_state=d_state, expand=expand, dt_rank=dt_rank, d_conv=d_conv,
                                    scan=scan, dropout=dropout, backend=backend)
         self.context = ContextInjection(context_dim, width, channel_axis=-1) if context_dim else None
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.mlp: nn.Module | None = None
         if mlp_ratio > 0:
-            self.norm2 = TokenNorm(norm, dims, width)
-            self.mlp = MLPBlock(width, max(1, int(width * mlp_ratio)), dropout, act="GELU", dropout_mode="vit")
-            self.mlp.fn = layers.act(act)
+            self.norm2 = token_norm(norm, width, dims)
+            self.mlp = mlp(width, mlp_ratio, dropout, act)
 
     def forward(self, t: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         h = self.norm1(t)

@@ -17,11 +17,11 @@ from flemme_core import layers
 from flemme_core.config import EncoderConfig, choice
 from flemme_core.encoder import BlockFamily, StagedEncoder, staged_encoder
 from flemme_core.errors import ConfigError
+from flemme_core.tokens import PatchExpansion, PatchMerging, PatchStem, TokenStage
 
 from .block import MambaBlock
 from .directions import SCAN_MODES
 from .scan import BACKENDS, describe_backend
-from .tokens import PatchExpansion, PatchMerging, PatchStem, TokenStage
 
 
 def _positive_int(value: Any) -> bool:

@@ -26,8 +26,9 @@ from torch import nn
 
 from flemme_core.encoder import ContextInjection, staged_encoder
 from flemme_core.errors import ConfigError
+from flemme_core.tokens import mlp, token_norm
 
-from .tokens import TokenFamily, TokenOptions, mlp, token_norm
+from .tokens import TokenFamily, TokenOptions
 
 MASKED = -100.0  # additive logit for blocked pairs (finite: a fully blocked padding row stays finite)
 

@@ -1,12 +1,8 @@
-"""What the two transformer families share: options, token layout, patch embedding,
-merging and expansion, and the stage that wraps a list of token blocks.
+"""What the two transformer families share: options, head counts and the builders of a
+token family (patch stem, stages of token blocks, patch merging and expansion).
 
-Layout: every module takes and returns channels-first tensors ``(B, C, *S)`` (the
-encoder contract), but works on channels-last tokens ``(B, *S, C)`` inside. The
-channels-first result is returned as a *view* of channels-last memory
-(``movedim(-1, 1)``), so the next module's ``movedim(1, -1)`` is free and a whole
-encoder/decoder pays for no layout copies; ``torch.cat`` of two such views along the
-channel axis (the decoder's skip concatenation) keeps channels-last memory too.
+The token plumbing itself (layout, patch modules, token MLP) is the core's
+:mod:`flemme_core.tokens`, shared with every other token family.
 """
 
 from __future__ import annotations
@@ -15,44 +11,15 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-import torch
-import torch.nn.functional as F
-from monai.networks.blocks import MLPBlock
 from torch import nn
 
 from flemme_core import layers
 from flemme_core.config import choice
 from flemme_core.encoder import BlockFamily
 from flemme_core.errors import ConfigError
+from flemme_core.tokens import PatchExpansion, PatchMerging, PatchStem, TokenStage
 
 TOKEN_NORMS = ("layer", "none")
-
-
-def to_tokens(x: torch.Tensor) -> torch.Tensor:
-    """``(B, C, *S) -> (B, *S, C)``; free when ``x`` came from :func:`to_channels_first`."""
-    return x.movedim(1, -1)
-
-
-def to_channels_first(t: torch.Tensor) -> torch.Tensor:
-    """``(B, *S, C) -> (B, C, *S)`` as a view (memory stays channels-last)."""
-    return t.movedim(-1, 1)
-
-
-def pad_to_multiple(t: torch.Tensor, multiple: Sequence[int]) -> torch.Tensor:
-    """Zero-pad the spatial axes of channels-last tokens at their end to multiples of ``multiple``."""
-    spatial = t.shape[1:-1]
-    pads = [(-s) % m for s, m in zip(spatial, multiple)]
-    if not any(pads):
-        return t
-    flat: list[int] = [0, 0]  # channel axis
-    for p in reversed(pads):
-        flat += [0, p]
-    return F.pad(t, flat)
-
-
-def token_norm(name: str, channels: int) -> nn.Module:
-    """LayerNorm over the channel axis of channels-last tokens (or nothing)."""
-    return nn.LayerNorm(channels) if name == "layer" else nn.Identity()
 
 
 @dataclasses.dataclass
@@ -79,99 +46,6 @@ class TokenOptions:
         values = heads if isinstance(heads, (list, tuple)) else [heads]
         if not values or any(not isinstance(h, int) or isinstance(h, bool) or h < 1 for h in values):
             raise ConfigError(f"model.encoder.heads must be a positive integer or one per level, got {heads!r}")
-
-
-class PatchStem(nn.Module):
-    """Patch embedding: non-overlapping ``patch``-sized conv, norm, optional learned position grid.
-
-    The position grid is learned at the configured image size and interpolated
-    (bilinear / trilinear) when the input differs, so one model serves other sizes.
-    """
-
-    def __init__(self, dims: int, in_channels: int, out_channels: int, patch: int, norm: str,
-                 grid: Sequence[int] | None):
-        super().__init__()
-        self.proj = layers.conv(dims, in_channels, out_channels, kernel_size=patch, stride=patch)
-        self.norm = token_norm(norm, out_channels)
-        self.patch = patch
-        self.pos: nn.Parameter | None = None
-        if grid is not None:
-            self.pos = nn.Parameter(torch.zeros(1, out_channels, *[max(1, g) for g in grid]))
-            nn.init.trunc_normal_(self.pos, std=0.02)
-        self.mode = "bilinear" if dims == 2 else "trilinear"
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pads = [(-s) % self.patch for s in x.shape[2:]]
-        if any(pads):
-            x = F.pad(x, [v for p in reversed(pads) for v in (0, p)])
-        t = self.norm(to_tokens(self.proj(x)))
-        if self.pos is not None:
-            pos = self.pos
-            if tuple(pos.shape[2:]) != tuple(t.shape[1:-1]):
-                pos = F.interpolate(pos, size=t.shape[1:-1], mode=self.mode, align_corners=False)
-            t = t + to_tokens(pos)
-        return to_channels_first(t)
-
-
-class PatchMerging(nn.Module):
-    """Down-sampling: each ``factor``^dims neighbourhood -> concatenated channels -> Linear -> norm."""
-
-    def __init__(self, dims: int, in_channels: int, out_channels: int, factor: int, norm: str):
-        super().__init__()
-        self.dims, self.factor = dims, factor
-        self.reduction = nn.Linear(factor ** dims * in_channels, out_channels, bias=False)
-        self.norm = token_norm(norm, out_channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f, d = self.factor, self.dims
-        t = pad_to_multiple(to_tokens(x), [f] * d)
-        b, *size, c = t.shape
-        split = [b]
-        for s in size:
-            split += [s // f, f]
-        t = t.reshape(*split, c)
-        perm = [0] + [1 + 2 * i for i in range(d)] + [2 + 2 * i for i in range(d)] + [2 * d + 1]
-        t = t.permute(perm).reshape(b, *[s // f for s in size], f ** d * c)
-        return to_channels_first(self.norm(self.reduction(t)))
-
-
-class PatchExpansion(nn.Module):
-    """Up-sampling: Linear to ``factor``^dims × out channels, pixel shuffle, norm."""
-
-    def __init__(self, dims: int, in_channels: int, out_channels: int, factor: int, norm: str):
-        super().__init__()
-        self.dims, self.factor, self.out_channels = dims, factor, out_channels
-        self.expand = nn.Linear(in_channels, factor ** dims * out_channels, bias=False)
-        self.norm = token_norm(norm, out_channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f, d = self.factor, self.dims
-        t = to_tokens(x)
-        b, *size, _ = t.shape
-        t = self.expand(t).reshape(b, *size, *[f] * d, self.out_channels)
-        perm = [0] + [v for i in range(d) for v in (1 + i, 1 + d + i)] + [1 + 2 * d]
-        t = t.permute(perm).reshape(b, *[s * f for s in size], self.out_channels)
-        return to_channels_first(self.norm(t))
-
-
-class TokenStage(nn.Module):
-    """Optional Linear in->out (decoder stages after a skip concatenation), then token blocks.
-
-    ``forward(x, context=None)`` on channels-first ``x``; every block gets the context.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, blocks: Sequence[nn.Module]):
-        super().__init__()
-        self.proj = nn.Linear(in_channels, out_channels) if in_channels != out_channels else None
-        self.blocks = nn.ModuleList(blocks)
-
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        t = to_tokens(x)
-        if self.proj is not None:
-            t = self.proj(t)
-        for block in self.blocks:
-            t = block(t, context)
-        return to_channels_first(t)
 
 
 class TokenFamily(BlockFamily):
@@ -245,57 +119,3 @@ class TokenFamily(BlockFamily):
 
     def up(self, in_channels: int, out_channels: int, factor: int = 2) -> nn.Module:
         return PatchExpansion(self.dims, in_channels, out_channels, factor, self.cfg.norm)
-
-
-class GeluLinear(torch.autograd.Function):
-    """``linear(gelu(h))`` that saves only ``h``: GELU is recomputed in backward.
-
-    Autograd would keep both ``h`` (for GELU) and ``gelu(h)`` (for the Linear): 8 × width
-    floats per token at mlp_ratio 4, the largest activation of a transformer block. This
-    keeps 4 × width for one extra elementwise GELU in backward (~17% less saved memory
-    for a Swin U-Net training step).
-    """
-
-    @staticmethod
-    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        ctx.save_for_backward(h, weight)
-        ctx.has_bias = bias is not None
-        return F.linear(F.gelu(h), weight, bias)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        h, weight = ctx.saved_tensors
-        a = F.gelu(h)
-        grad2 = grad.reshape(-1, grad.shape[-1])
-        grad_weight = grad2.t() @ a.reshape(-1, a.shape[-1])
-        grad_bias = grad2.sum(0) if ctx.has_bias else None
-        grad_h = torch.ops.aten.gelu_backward(grad @ weight, h)
-        return grad_h, grad_weight, grad_bias
-
-
-def _autocast_enabled(device_type: str) -> bool:
-    """Under autocast the plain path runs (GeluLinear's backward assumes one dtype)."""
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except TypeError:  # torch < 2.4
-        return torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
-
-
-class TokenMLP(MLPBlock):
-    """MONAI's MLPBlock; with exact GELU and no dropout between the Linears it runs the
-    memory-saving :class:`GeluLinear` (same numbers, same parameters)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fused = (isinstance(self.fn, nn.GELU) and self.fn.approximate == "none"
-                 and (self.drop1.p == 0 or not self.training) and torch.is_grad_enabled()
-                 and not _autocast_enabled(x.device.type))
-        if not fused:
-            return super().forward(x)
-        return self.drop2(GeluLinear.apply(self.linear1(x), self.linear2.weight, self.linear2.bias))
-
-
-def mlp(width: int, ratio: float, dropout: float, act: str) -> nn.Module:
-    """MONAI's MLPBlock (Linear-act-dropout-Linear-dropout) with flemme's activation names."""
-    block = TokenMLP(width, max(1, int(width * ratio)), dropout, act="GELU", dropout_mode="vit")
-    block.fn = layers.act(act)
-    return block

@@ -18,8 +18,9 @@ from monai.networks.layers import DropPath
 from torch import nn
 
 from flemme_core.encoder import ContextInjection, staged_encoder
+from flemme_core.tokens import mlp, token_norm
 
-from .tokens import TokenFamily, TokenOptions, mlp, token_norm
+from .tokens import TokenFamily, TokenOptions
 
 
 @dataclasses.dataclass
