@@ -85,6 +85,27 @@ def _print_metrics(metrics: dict[str, float], header: str) -> None:
         click.echo(f"  {key:<{width}}  {value:.4f}" if isinstance(value, float) else f"  {key:<{width}}  {value}")
 
 
+def variants_table(variants: dict[str, dict[str, Any]], timing: dict[str, Any]) -> str:
+    """Variants side by side, then each variant against the first (the reference)."""
+    first = next(iter(variants.values()))
+    keys = [k for k in first["metrics"] if "/" not in k][:4]  # summary metrics, not per class
+    head = f"{'variant':<12}{'parameters':>13}{'CPU ms':>10}" + "".join(f"{k:>10}" for k in keys)
+    size = "x".join(map(str, timing["input"][2:]))
+    title = (f"variants (CPU ms per {size} forward, batch 1, {timing['threads']} thread(s), "
+             f"median of {timing['repeats']}):")
+    lines = [title, head]
+    for name, row in variants.items():
+        lines.append(f"{name:<12}{row['parameters']:>13,}{row['cpu_ms']:>10.1f}"
+                     + "".join(f"{row['metrics'].get(k, float('nan')):>10.4f}" for k in keys))
+    ref_name = next(iter(variants))
+    for name, row in list(variants.items())[1:]:
+        deltas = ", ".join(f"{k} {row['metrics'][k] - first['metrics'][k]:+.4f}" for k in keys
+                           if k in row["metrics"] and k in first["metrics"])
+        lines.append(f"{name} vs {ref_name}: parameters 1/{first['parameters'] / max(row['parameters'], 1):.1f}, "
+                     f"{first['cpu_ms'] / max(row['cpu_ms'], 1e-9):.1f}x faster on CPU, {deltas}")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------
 @click.command("train")
 @click.argument("config_path", required=False, type=click.Path(dir_okay=False))
@@ -154,14 +175,21 @@ def train_command(config_path, data, sets, resume, overwrite, nproc, quiet, **fl
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the metrics as JSON here.")
 @click.option("--per-item", "per_item", is_flag=True, help="Include every item's metrics in the JSON.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda.")
-def eval_command(checkpoint, data, sets, json_path, per_item, device) -> None:
+@click.option("--variants/--no-variants", default=True, show_default=True,
+              help="Also evaluate the architecture's variants side by side (distillation: teacher vs student).")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(0),
+              help="CPU threads for the variants' timing (0: torch's default).")
+def eval_command(checkpoint, data, sets, json_path, per_item, device, variants, threads) -> None:
     """Held-out metrics of a checkpoint: Dice per class, mIoU, HD95 (segmentation); PSNR,
-    SSIM (reconstruction); or the architecture's own."""
+    SSIM (reconstruction); or the architecture's own. Architectures with evaluation variants
+    (distillation) also get a table of each variant's parameters, CPU time and metrics."""
     from .training.inference import evaluate_checkpoint
 
     result = evaluate_checkpoint(checkpoint, data=data_source(data) if data else None, sets=sets,
-                                 device=device, per_item=per_item)
+                                 device=device, per_item=per_item, variants=variants, threads=threads or None)
     _print_metrics(result["metrics"], f"{result['data']} ({result['held_out']}):")
+    if result.get("variants"):
+        click.echo(variants_table(result["variants"], result["timing"]))
     if json_path:
         from pathlib import Path
 

@@ -87,6 +87,12 @@ class Architecture(nn.Module):
         Both are sequences of ``{"image", ...}`` items. ``None``: per-batch metrics apply."""
         return None
 
+    def evaluation_variants(self) -> dict[str, Architecture]:
+        """Sub-models that ``flemme eval`` measures side by side with the same data and
+        metrics, plus parameters and CPU time (distillation: teacher and student; the first
+        is the reference of the ratios). Empty: only the model itself is evaluated."""
+        return {}
+
     def extra_components(self) -> list[tuple[str, str]]:
         """(kind, name) of registered components used beyond the config's encoder and losses
         (a student encoder, a fusion); checkpoints record their plugins."""

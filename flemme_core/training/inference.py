@@ -18,6 +18,7 @@ import torch
 from ..errors import ConfigError, ShapeError
 from .evaluation import EvalSettings, evaluate, infer
 from .metrics import TASK_METRICS, labels_from_logits
+from .profiling import count_parameters, cpu_latency_ms
 from .setup import pick_device
 
 NORMALIZERS = ("auto", "zscore", "zscore-nonzero", "percentile", "none")
@@ -46,8 +47,13 @@ def _settings(model: Any, extra: dict[str, Any], device: torch.device, num_class
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data: dict[str, Any] | None = None, sets: Sequence[str] = (),
-                        device: str = "auto", per_item: bool = False) -> dict[str, Any]:
-    """Metrics of a checkpoint on its run's held-out split, or on ``data`` (a data source)."""
+                        device: str = "auto", per_item: bool = False, variants: bool = True,
+                        threads: int | None = 1, repeats: int = 10) -> dict[str, Any]:
+    """Metrics of a checkpoint on its run's held-out split, or on ``data`` (a data source).
+
+    With ``variants`` the architecture's :meth:`evaluation_variants` (teacher, student) are
+    evaluated too, each with its parameters and CPU milliseconds per batch-1 forward at the
+    patch size (``threads`` CPU threads, median of ``repeats``)."""
     from ..config import set_dotted
     from ..data import build_datasets
     from .config import parse_set_value
@@ -81,16 +87,30 @@ def evaluate_checkpoint(checkpoint: str | Path, data: dict[str, Any] | None = No
     settings = _settings(model, extra, dev, info.num_classes, info.class_names, info.spacing)
     settings.sw_batch_size = int(sw_sets.get("sw_batch_size", settings.sw_batch_size))
     settings.overlap = float(sw_sets.get("overlap", settings.overlap))
-    whole = model.dataset_metrics(val_ds, train_ds)  # generative models: sample quality + controls
-    if whole is not None:
-        metrics, extras = whole, {}
-    else:
-        metrics, extras = evaluate(model, val_ds, settings, per_item=per_item, keep_example=False)
+    metrics, extras = _metrics(model, val_ds, train_ds, settings, per_item)
     result = {"checkpoint": str(checkpoint), "data": info.name, "held_out": info.held_out_description,
-              "task": model.task, "num_items": len(val_ds), "metrics": metrics}
+              "task": model.task, "num_items": len(val_ds), "parameters": count_parameters(model),
+              "metrics": metrics}
     if per_item:
         result["per_item"] = extras.get("per_item", [])
+    if variants and model.evaluation_variants():
+        example = torch.randn(1, model.config.in_channels, *settings.roi_size)
+        result["variants"] = {
+            name: {"parameters": count_parameters(sub),
+                   "cpu_ms": cpu_latency_ms(sub, example, repeats=repeats, threads=threads),
+                   "metrics": _metrics(sub, val_ds, train_ds, settings, False)[0]}
+            for name, sub in model.evaluation_variants().items()}
+        result["timing"] = {"device": "cpu", "threads": threads or torch.get_num_threads(), "repeats": repeats,
+                            "input": list(example.shape)}
     return result
+
+
+def _metrics(model: Any, val_ds: Any, train_ds: Any, settings: EvalSettings,
+             per_item: bool) -> tuple[dict[str, float], dict[str, Any]]:
+    whole = model.dataset_metrics(val_ds, train_ds)  # generative models: sample quality + controls
+    if whole is not None:
+        return whole, {}
+    return evaluate(model, val_ds, settings, per_item=per_item, keep_example=False)
 
 
 def normalize_image(x: np.ndarray, spec: dict[str, Any]) -> np.ndarray:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from flemme_mmfd.distill import logit_distillation
 from mmfd_testutil import probe
 
-from flemme_core import build_model, save_model
+from flemme_core import build_model, load_model, save_model
 from flemme_core.errors import ConfigError
 from flemme_core.losses import build_loss
 from flemme_core.registry import get_registry
@@ -194,3 +194,37 @@ def test_report_dice_against_a_reference():
     assert rows["student"]["parameters"] == sum(p.numel() for p in model.student.parameters())
     assert all(r["cpu_ms"] > 0 and 0 <= r["dice"] <= 1 for r in rows.values())
     assert "student/teacher: parameters 1/" in format_report(rows)
+
+
+def test_flemme_eval_compares_teacher_and_student(tmp_path):
+    """`flemme eval` on a trained distill run: the variants table is the distill report."""
+    import json
+
+    from click.testing import CliRunner
+
+    from flemme_core.cli import main
+    from flemme_core.training import train
+    from flemme_core.training.config import run_config_from_dict
+
+    out = tmp_path / "run"
+    model = {"arch": "distill", "encoder": {"name": "cnn", "channels": [4, 8], "norm": "group"},
+             "arch_options": {"teacher": {"name": "cnn", "channels": [16, 32], "norm": "group"}}}
+    data = {"preset": "synthetic-2d", "options": {"num_train": 2, "num_held_out": 2, "size": [32, 32]},
+            "patch_size": [32, 32], "batch_size": 2}
+    train(run_config_from_dict({"model": model, "data": data,
+                                "train": {"steps": 2, "val_every": 0, "threads": 1, "output": str(out)}}), quiet=True)
+    doc_path = tmp_path / "eval.json"
+    result = CliRunner().invoke(main, ["eval", str(out / "last.safetensors"), "--json", str(doc_path)])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(doc_path.read_text())
+    teacher, student = doc["variants"]["teacher"], doc["variants"]["student"]
+    loaded = load_model(out / "last.safetensors")
+    assert student["parameters"] == sum(p.numel() for p in loaded.student.parameters())
+    assert teacher["parameters"] == sum(p.numel() for p in loaded.teacher.parameters())
+    assert teacher["parameters"] > 10 * student["parameters"] and teacher["cpu_ms"] > 0 < student["cpu_ms"]
+    # the model's own prediction is the student's: same metrics, computed twice
+    for key, value in doc["metrics"].items():
+        assert student["metrics"][key] == pytest.approx(value, abs=1e-9, nan_ok=True), key
+    assert "student vs teacher: parameters 1/" in result.output and "x faster on CPU" in result.output
+    none = CliRunner().invoke(main, ["eval", str(out / "last.safetensors"), "--no-variants"])
+    assert none.exit_code == 0 and "student vs teacher" not in none.output

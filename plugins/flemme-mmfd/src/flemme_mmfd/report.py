@@ -6,14 +6,14 @@ foreground Dice on a dataset preset's held-out items (sliding-window inference a
 model's image size, argmax; intersections and sizes summed over items and foreground
 classes). The same :func:`measure` serves the benchmark for single-branch baselines.
 
-Usable without any core CLI change: ``flemme-distill-report CHECKPOINT --data PRESET``
-(console script of this distribution) or :func:`distill_report` from Python.
+``flemme eval CHECKPOINT`` prints the same comparison through the generic
+``Architecture.evaluation_variants`` (on the checkpoint's own held-out split, with every
+metric); this module adds single-branch baselines for the benchmark, the Dice summed over
+foreground classes, and the console script ``flemme-distill-report CHECKPOINT --data PRESET``.
 """
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,30 +21,7 @@ import click
 import torch
 
 from flemme_core.errors import ConfigError, FlemmeError
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def cpu_latency_ms(model: torch.nn.Module, example: torch.Tensor, repeats: int = 20, warmup: int = 3,
-                   threads: int | None = 1) -> float:
-    """Median wall time of ``model.predict(example)`` on CPU, in milliseconds."""
-    previous = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    model = model.cpu().eval()
-    times = []
-    try:
-        with torch.inference_mode():
-            for i in range(warmup + repeats):
-                start = time.perf_counter()
-                model.predict(example)
-                if i >= warmup:
-                    times.append((time.perf_counter() - start) * 1000)
-    finally:
-        torch.set_num_threads(previous)
-    return statistics.median(times)
+from flemme_core.training.profiling import count_parameters, cpu_latency_ms
 
 
 def held_out_dice(model: torch.nn.Module, items: Sequence[dict[str, Any]], roi_size: Sequence[int],
