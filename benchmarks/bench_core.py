@@ -29,9 +29,9 @@ def _flemme(kind: str, dims: int):
     if kind == "flemme-basic":  # BasicUNet's topology: max-pool down, two convs per level, deconv up
         enc = {"name": "cnn", "channels": [32, 32, 64, 128, 256], "block": "double_conv", "down": "pool",
                "norm": "instance", "act": "leakyrelu"}
-    else:  # MONAI UNet's: strided-conv down, residual units
+    else:  # MONAI UNet's: strided-conv down, residual units, first level already at stride 2
         enc = {"name": "cnn", "channels": [32, 64, 128, 256], "block": "res_conv", "down": "conv",
-               "norm": "instance", "act": "prelu"}
+               "norm": "instance", "act": "prelu", "patch_size": 2}
     size = CASES["2d" if dims == 2 else "3d"][1]
     return build_model({"arch": "unet", "encoder": enc, "dims": dims, "image_size": size, "out_channels": 2})
 
@@ -84,6 +84,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--worker", nargs=2)
+    parser.add_argument("--pairs", default="basic,res", help="which pairs to run (basic: BasicUNet, res: UNet)")
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker[0], args.worker[1], args.steps, args.threads)))
@@ -105,7 +106,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for case, (dims, size, batch) in CASES.items():
         label = f"{dims}D {size}^{dims} batch {batch}"
-        for ours, peer in (("flemme-basic", "monai-basic"), ("flemme-res", "monai-unet")):
+        pairs = {"basic": ("flemme-basic", "monai-basic"), "res": ("flemme-res", "monai-unet")}
+        for ours, peer in (pairs[p] for p in args.pairs.split(",")):
             a, b = run(ours, case), run(peer, case)
             peer_name = "BasicUNet" if peer == "monai-basic" else "UNet(res units 2)"
             print(f"| {label} | cnn+unet ({ours.split('-')[1]}) | {peer_name} | {a['params']:,} / {b['params']:,} | "
