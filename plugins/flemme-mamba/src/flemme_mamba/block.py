@@ -1,5 +1,8 @@
 """The VMamba block: x + SS(norm(x)), then x + MLP(norm(x)), each with drop-path.
 
+The mixer SS is Mamba's selective scan (:class:`~flemme_mamba.ssm.SelectiveScanND`) or
+Mamba-2's SSD (:class:`~flemme_mamba.ssd.SSDMixerND`); the block is the same.
+
 The context vector (diffusion time, class) is injected as ``x·(1 + W_g c) + W_b c`` into
 the normalised input of the selective-scan branch of every block.
 """
@@ -13,19 +16,15 @@ from torch import nn
 from flemme_core.encoder import ContextInjection
 from flemme_core.tokens import mlp, token_norm
 
-from .ssm import SelectiveScanND
-
 
 class MambaBlock(nn.Module):
     """One residual selective-scan block plus MLP on channels-last tokens ``(B, *S, width)``."""
 
-    def __init__(self, dims: int, width: int, *, d_state: int, expand: float, dt_rank: int | None,
-                 d_conv: int, scan: str, mlp_ratio: float, backend: str, norm: str, act: str,
+    def __init__(self, dims: int, width: int, mixer: nn.Module, *, mlp_ratio: float, norm: str, act: str,
                  dropout: float, drop_path: float, context_dim: int | None):
         super().__init__()
         self.norm1 = token_norm(norm, width, dims)
-        self.ssm = SelectiveScanND(dims, width, d_state=d_state, expand=expand, dt_rank=dt_rank, d_conv=d_conv,
-                                   scan=scan, dropout=dropout, backend=backend)
+        self.ssm = mixer
         self.context = ContextInjection(context_dim, width, channel_axis=-1) if context_dim else None
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.mlp: nn.Module | None = None

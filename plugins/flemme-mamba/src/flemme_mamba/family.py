@@ -22,6 +22,10 @@ from flemme_core.tokens import PatchExpansion, PatchMerging, PatchStem, TokenSta
 from .block import MambaBlock
 from .directions import SCAN_MODES
 from .scan import BACKENDS, describe_backend
+from .ssd import SSDMixerND
+from .ssm import SelectiveScanND
+
+SSM_KINDS = ("mamba1", "mamba2")
 
 
 def _positive_int(value: Any) -> bool:
@@ -36,7 +40,10 @@ class MambaOptions:
     d_conv: int = 3               # depthwise conv kernel before the scan (odd; 1 = pointwise)
     scan: str = "cross+flip"      # single | single+flip | cross | cross+flip
     mlp_ratio: float = 4.0        # MLP hidden width / block width after each scan; 0 = no MLP
-    backend: str = "auto"         # auto | mamba_ssm | cpp | torch (see flemme_mamba.scan)
+    backend: str = "auto"         # auto | mamba_ssm | cpp | torch (see flemme_mamba.scan); mamba1 only
+    ssm: str = "mamba1"           # mamba1 (selective scan, A per channel and state) | mamba2 (SSD, A per head)
+    head_dim: int = 16            # mamba2: channels per head (inner width = heads × head_dim)
+    chunk_size: int = 64          # mamba2: steps per chunk of the SSD scan
 
     def validate(self) -> None:
         if not _positive_int(self.d_state) or self.d_state > 256:
@@ -51,6 +58,10 @@ class MambaOptions:
         if self.mlp_ratio < 0:
             raise ConfigError(f"model.encoder.mlp_ratio must be >= 0 (0 = no MLP), got {self.mlp_ratio}")
         choice(self.backend, BACKENDS, "model.encoder.backend")
+        choice(self.ssm, SSM_KINDS, "model.encoder.ssm")
+        if not _positive_int(self.head_dim) or not _positive_int(self.chunk_size):
+            raise ConfigError(f"model.encoder.head_dim and chunk_size must be positive integers, "
+                              f"got {self.head_dim!r} and {self.chunk_size!r}")
 
 
 class MambaFamily(BlockFamily):
@@ -68,10 +79,15 @@ class MambaFamily(BlockFamily):
 
     def block(self, width: int, drop_path: float) -> MambaBlock:
         o, c = self.options, self.cfg
-        return MambaBlock(self.dims, width, d_state=o.d_state, expand=o.expand,
-                          dt_rank=None if o.dt_rank == "auto" else o.dt_rank, d_conv=o.d_conv, scan=o.scan,
-                          mlp_ratio=o.mlp_ratio, backend=o.backend, norm=c.norm, act=c.act, dropout=c.dropout,
-                          drop_path=drop_path, context_dim=c.context_dim)
+        if o.ssm == "mamba2":
+            mixer: nn.Module = SSDMixerND(self.dims, width, d_state=o.d_state, expand=o.expand, head_dim=o.head_dim,
+                                          d_conv=o.d_conv, scan=o.scan, chunk=o.chunk_size, dropout=c.dropout)
+        else:
+            mixer = SelectiveScanND(self.dims, width, d_state=o.d_state, expand=o.expand,
+                                    dt_rank=None if o.dt_rank == "auto" else o.dt_rank, d_conv=o.d_conv,
+                                    scan=o.scan, dropout=c.dropout, backend=o.backend)
+        return MambaBlock(self.dims, width, mixer, mlp_ratio=o.mlp_ratio, norm=c.norm, act=c.act,
+                          dropout=c.dropout, drop_path=drop_path, context_dim=c.context_dim)
 
     def stem(self, in_channels: int, out_channels: int, patch_size: int) -> nn.Module:
         return PatchStem(self.dims, in_channels, out_channels, patch_size, self.cfg.norm)
@@ -94,7 +110,9 @@ _staged = staged_encoder(MambaFamily)
 def encoder(cfg: EncoderConfig) -> StagedEncoder:
     """The registered factory: the staged encoder, with the scan kernel it runs as ``backend``."""
     enc = _staged(cfg)
-    enc.backend = describe_backend(enc.blocks.options.backend)
+    options = enc.blocks.options
+    enc.backend = ("Mamba-2 SSD in PyTorch matrix products (CPU and CUDA)" if options.ssm == "mamba2"
+                   else describe_backend(options.backend))
     return enc
 
 
