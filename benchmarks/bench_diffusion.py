@@ -188,8 +188,11 @@ def run_generator(name: str, train_x, held_x, budget: float, recipe: dict, steps
     return {"model": name, "parameters": count(model), **info, **stats, **report}, samples
 
 
+VAE_FRACTION = 0.4
+
+
 def run_ldm(train_x, held_x, budget: float, recipe: dict, steps: int, seed: int):
-    """A small VAE (first 30 % of the budget) then latent diffusion (the rest), one budget in all."""
+    """A small VAE (first ``VAE_FRACTION`` of the budget) then latent diffusion (the rest), one budget in all."""
     import tempfile
 
     from flemme_core.build import build_model
@@ -201,13 +204,13 @@ def run_ldm(train_x, held_x, budget: float, recipe: dict, steps: int, seed: int)
                                    "arch_options": {"latent_channels": 4, "kl_weight": 1e-3,
                                                     "kl_warmup": 200}}))
     # The VAE's down-sampling: 3 levels at patch 1 -> stride 4 -> 4 x 12 x 14 latent.
-    vae_stats = train_for(vae, batches, 0.3 * budget, lr=2e-3)
+    vae_stats = train_for(vae, batches, VAE_FRACTION * budget, lr=2e-3)
     tmp = Path(tempfile.mkdtemp()) / "vae.safetensors"
     save_model(vae, tmp)
     ldm = build_model(base_config({"arch": "ldm", "encoder": {"name": "cnn", "channels": [64, 128], "num_blocks": 2,
                                                               "block": "res_conv"},
                                    "arch_options": {**recipe, "autoencoder": str(tmp)}}))
-    stats = train_for(ldm, batches, 0.7 * budget)
+    stats = train_for(ldm, batches, (1 - VAE_FRACTION) * budget)
     report, samples = evaluate(ldm, train_x, held_x, steps, {"steps": steps, "sampler": "ddim"})
     with torch.no_grad():
         from flemme_diffusion.metrics import psnr
@@ -216,12 +219,17 @@ def run_ldm(train_x, held_x, budget: float, recipe: dict, steps: int, seed: int)
         recon_psnr = psnr(vae.predict(held_x), held_x)
     total = {k: vae_stats[k] + stats[k] for k in ("steps", "cpu_s", "wall_s")}
     return {"model": "ldm-cnn", "parameters": count(ldm) + count(vae), "vae_steps": vae_stats["steps"],
+            "vae_cpu_s": vae_stats["cpu_s"], "vae_fraction": VAE_FRACTION,
             "vae_heldout_psnr": recon_psnr, **stats, **{f"total_{k}": v for k, v in total.items()},
             **report}, samples
 
 
-def run_recon(budget: float, seed: int, ensemble: int, steps: int) -> list[dict]:
-    """sdm vs supervised ae on 4x under-sampled slices; zero-filled input as the floor."""
+def run_recon(budget: float, seed: int, ensemble: int, steps: int, grids: Path | None = None) -> list[dict]:
+    """sdm vs supervised ae on 4x under-sampled slices; zero-filled input as the floor.
+
+    With ``grids``: ``recon.png``, one held-out slice per row: zero-filled input, ae, sdm
+    ensemble mean, sdm spread (scaled to its maximum), fully sampled target.
+    """
     from flemme_diffusion.metrics import psnr, ssim
 
     from flemme_core.build import build_model
@@ -237,6 +245,7 @@ def run_recon(budget: float, seed: int, ensemble: int, steps: int) -> list[dict]
 
     enc = {"name": "cnn", "channels": [32, 64, 128], "num_blocks": 1, "block": "res_conv"}
     rows = [{"model": "zero-filled input", "psnr": psnr(held_in, held_target), "ssim": ssim(held_in, held_target)}]
+    preds: dict[str, torch.Tensor] = {}
     for name, cfg in [("ae (supervised)", {"arch": "ae", "encoder": {**enc, "norm": "group"},
                                            "arch_options": {"supervised": True, "skip": True}}),
                       ("sdm", {"arch": "sdm", "encoder": enc,
@@ -251,11 +260,21 @@ def run_recon(budget: float, seed: int, ensemble: int, steps: int) -> list[dict]
             if name == "sdm":
                 pred, spread = model.predict_with_uncertainty(held_in, n=ensemble, steps=steps)
                 extra = {"mean_spread": float(spread.mean())}
+                preds["spread"] = spread / spread.max().clamp(min=1e-8)
             else:
                 pred, extra = model.predict(held_in), {}
         rows.append({"model": name, "parameters": count(model), **stats, "psnr": psnr(pred, held_target),
                      "ssim": ssim(pred, held_target), "predict_cpu_s_per_image": (time.process_time() - start) / len(held_in),
                      **extra})
+        preds[name] = pred
+        log(f"  -> {name}: PSNR {rows[-1]['psnr']:.2f} SSIM {rows[-1]['ssim']:.3f}")
+    if grids is not None:
+        from flemme_core.cli_sample import _grid_png
+
+        pick = torch.linspace(0, len(held_in) - 1, 5).round().long()
+        cols = [held_in, preds["ae (supervised)"], preds["sdm"], preds["spread"], held_target]
+        tiles = torch.stack([c[pick].float().clamp(0, 1) for c in cols], 1).flatten(0, 1)  # row-major: slice, column
+        _grid_png(tiles.numpy(), Path(grids) / "recon.png", (0.0, 1.0))
     return rows
 
 
@@ -267,6 +286,7 @@ def table(rows: list[dict], cols: list[str]) -> str:
 
 
 def main() -> None:
+    global VAE_FRACTION
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budget", type=float, default=1800.0, help="CPU seconds per model (1800 = 15 min x 2 threads)")
     ap.add_argument("--threads", type=int, default=2)
@@ -275,11 +295,14 @@ def main() -> None:
     ap.add_argument("--recon", action="store_true", help="also run part 2 (sdm vs ae)")
     ap.add_argument("--recon-only", action="store_true")
     ap.add_argument("--ensemble", type=int, default=5)
+    ap.add_argument("--recon-budget", type=float, default=None, help="CPU seconds per recon model (default --budget)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--vae-fraction", type=float, default=VAE_FRACTION, help="ldm: share of the budget for its vae")
     ap.add_argument("--out", default="bench-diffusion.json")
     ap.add_argument("--grids", default=None, help="folder for a PNG grid of each model's samples")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    VAE_FRACTION = args.vae_fraction
     results = {"budget_cpu_s": args.budget, "threads": args.threads, "generation": [], "reconstruction": []}
     out = Path(args.out)
     if not args.recon_only:
@@ -297,7 +320,10 @@ def main() -> None:
 
                 _grid_png(samples[:32].numpy(), Path(args.grids) / f"{name}.png", (0.0, 1.0))
     if args.recon or args.recon_only:
-        results["reconstruction"] = run_recon(args.budget, args.seed, args.ensemble, 20)
+        recon_budget = args.recon_budget if args.recon_budget is not None else args.budget
+        results["recon_budget_cpu_s"] = recon_budget
+        results["reconstruction"] = run_recon(recon_budget, args.seed, args.ensemble, 20,
+                                              Path(args.grids) if args.grids else None)
         out.write_text(json.dumps(results, indent=1))
     gen_cols = ["model", "parameters", "steps", "cpu_s_per_step", "precision", "recall", "rbf_mmd2", "ms_ssim_pairs",
                 "sample_cpu_s_per_image"]
@@ -312,7 +338,7 @@ def main() -> None:
         print(f"## Generation, Colin27 4 mm slices, {args.budget:.0f} CPU-s each ({args.threads} threads)\n")
         print(table(rows, gen_cols))
     if results["reconstruction"]:
-        print(f"\n## 4x under-sampling reconstruction, {args.budget:.0f} CPU-s each\n")
+        print(f"\n## 4x under-sampling reconstruction, {results['recon_budget_cpu_s']:.0f} CPU-s each\n")
         print(table(results["reconstruction"], ["model", "parameters", "steps", "psnr", "ssim", "mean_spread",
                                                 "predict_cpu_s_per_image"]))
 
