@@ -48,6 +48,13 @@ class OwnMetrics(UNet):
         return {"energy": float(self(x).pow(2).mean()), "items": float(x.shape[0])}
 
 
+class BestEarly(TwoStage):
+    """Scores best in its first stage, whose model is not the final one (a distillation teacher)."""
+
+    def validation_metrics(self, batch):
+        return {"score": 1.0 if self.stage == "warm" else 0.5}
+
+
 class NaNAfter(UNet):
     """Its loss becomes NaN at the fourth training step."""
 
@@ -65,6 +72,7 @@ def register_architectures(register):
     register("test_two_stage", TwoStage, "test", task="segmentation")
     register("test_own_metrics", OwnMetrics, "test", task="segmentation")
     register("test_nan_after", NaNAfter, "test", task="segmentation")
+    register("test_best_early", BestEarly, "test", task="segmentation")
 
 
 plugin.register_architectures = register_architectures
@@ -129,6 +137,19 @@ def test_own_validation_metrics_replace_the_task_metrics(tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert set(summary["final"]) == {"energy", "items"}
     assert summary["best"]["metric"] == "energy" and summary["best"]["score"] == summary["final"]["energy"]
+
+
+def test_only_the_final_stage_makes_the_best_checkpoint(tmp_path):
+    data = config(SMALL, model={"arch": "test_best_early"},
+                  train={"stages": {"warm": {"steps": 2}, "head": {"steps": 2}}, "val_every": 1,
+                         "monitor": "score", "monitor_mode": "max"})
+    result = _run(tmp_path, data)
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["score"] for r in rows if r["split"] == "val"] == [1.0, 1.0, 0.5, 0.5]  # every stage is validated
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["best"] == {"score": 0.5, "step": 3, "metric": "score"}
+    assert (tmp_path / "run" / "best.safetensors").exists()
 
 
 def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):

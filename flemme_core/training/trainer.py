@@ -96,6 +96,7 @@ class Trainer:
         self.best: dict[str, Any] = {"score": None, "step": None, "metric": self.monitor}
         self.example: dict[str, Any] | None = None
         self.last_val: dict[str, float] = {}
+        self.stage_index = 0  # the stage being trained (only the final stage's validations compete for best)
         self.step = 0
         self.step_seconds: list[float] = []  # wall time of each step (data + forward + backward + update)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
@@ -177,7 +178,10 @@ class Trainer:
         if "example" in extras:
             self.example = extras["example"]
         score = metrics.get(self.monitor)
-        if score is not None and math.isfinite(score):
+        # Earlier stages train parts the final model depends on (a distillation teacher): the model the
+        # checkpoint deploys is only complete in the final stage, so only its validations make best.safetensors.
+        final_stage = self.stage_index == len(self.stages) - 1
+        if final_stage and score is not None and math.isfinite(score):
             best = self.best["score"]
             if best is None or (score > best if self.higher else score < best):
                 self.best = {"score": score, "step": self.step, "metric": self.monitor}
@@ -246,6 +250,7 @@ class Trainer:
                    params: list[nn.Parameter], order: StreamOrder, dataset: SeededDataset,
                    progress: Progress) -> None:
         cfg, ctx = self.cfg, self.ctx
+        self.stage_index = index
         schedule = Schedule(optimizer, stage)
         forward = self._forward(stage)
         sampler = StepBatchSampler(order, self.batch, self.step, stage["end"], ctx.rank, ctx.world_size)
@@ -290,7 +295,8 @@ class Trainer:
             if validate:
                 metrics = self._validate()
                 shown = {k: v for k, v in metrics.items() if "/" not in k}
-                progress.message(f"step {self.step}/{self.total_steps}  loss {value:.4f}  " +
+                tag = f" [{stage['name']}]" if len(self.stages) > 1 else ""
+                progress.message(f"step {self.step}/{self.total_steps}{tag}  loss {value:.4f}  " +
                                  "  ".join(f"{k} {v:.4f}" for k, v in shown.items()) + f"  eta {progress.eta(self.step)}")
             if (self.step % save_every == 0 or self.step == stage["end"]) and self.step < self.total_steps:
                 self._save(index, optimizer)

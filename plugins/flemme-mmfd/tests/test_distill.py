@@ -128,6 +128,18 @@ def test_predict_is_the_student_and_teacher_checkpoint_skips_stage_one(tmp_path)
     assert torch.equal(second.teacher.predict(x), model.teacher.predict(x))
 
 
+def test_validation_measures_the_teacher_while_it_trains():
+    """In stage 1 the student is untrained: validation (predict, own metrics) is the teacher's."""
+    model = distill()
+    x = torch.randn(1, 1, 32, 32)
+    model.begin_stage("teacher")
+    model.eval()
+    assert model.evaluated() is model.teacher and torch.equal(model.predict(x), model.teacher.predict(x))
+    model.begin_stage("student")
+    model.eval()
+    assert model.evaluated() is model.student and torch.equal(model.predict(x), model.student.predict(x))
+
+
 def test_distill_option_mistakes():
     with pytest.raises(ConfigError, match="exactly one of teacher"):
         build_model({"arch": "distill", "image_size": [32, 32], "encoder": CNN})

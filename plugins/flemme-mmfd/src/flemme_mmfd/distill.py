@@ -210,15 +210,20 @@ class Distill(Architecture):
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> Any:
         return self.student(x) if context is None else self.student(x, context)
 
+    def evaluated(self) -> Architecture:
+        """What validation measures: the teacher while it trains (the student is untrained
+        then, its metrics would say nothing), the student otherwise (what is deployed)."""
+        return self.teacher if self.stage == "teacher" else self.student
+
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        return self.student.predict(x)
+        return self.evaluated().predict(x)
 
     def example_input(self, batch_size: int = 1) -> torch.Tensor:
         return self.student.example_input(batch_size)
 
     def validation_metrics(self, batch: Batch) -> dict[str, float] | None:
-        return self.student.validation_metrics(batch)
+        return self.evaluated().validation_metrics(batch)
 
     def training_loss(self, batch: Batch, criterion: nn.Module) -> tuple[torch.Tensor, dict[str, float]]:
         if self.stage == "teacher":
