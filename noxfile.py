@@ -50,8 +50,13 @@ def slow(session: nox.Session) -> None:
 @nox.session
 def pyramid_experiment(session: nox.Session) -> None:
     """Plain vs hierarchical (unet/hunet, ae/hae), 3 seeds, on the shipped real images."""
+    # the exact commands of plugins/flemme-pyramid/README.md "Results" (finished runs are reused)
     session.run("python", "plugins/flemme-pyramid/experiments/pyramid_experiment.py",
-                "--out", "runs/pyramid-experiment", *session.posargs)
+                "--out", "runs/pyramid-experiment",
+                "--combos", "seg:cnn,seg:swin,seg:mamba,recon:cnn,recon:swin,recon:mamba",
+                "--threads", "1", *session.posargs)
+    session.run("python", "plugins/flemme-pyramid/experiments/recon_background.py",
+                "--out", "runs/pyramid-experiment", "--threads", "1")
 
 
 @nox.session
