@@ -3,7 +3,7 @@
 Segmentation (``seg``): ``unet`` vs ``hunet`` for each encoder family on the stardist 2D
 nuclei (train on three quadrants, evaluate on the held-out bottom-right one, whole, by
 sliding window); ``tissue``: 4-class tissue on MNI152 2 mm axial slices (posterior halves
-train, anterior halves evaluate). Reconstruction (``recon``): ``ae`` vs ``hae`` (cnn) on Colin27 T1 axial slices with
+train, anterior halves evaluate). Reconstruction (``recon``): ``ae`` vs ``hae`` (any family) on Colin27 T1 axial slices with
 Gaussian noise of std 0.1 on images scaled to [0, 1] (noisy input -> clean target;
 ``--recon-task kspace``: 4x equispaced Cartesian k-space under-sampling, zero-filled ->
 fully sampled); train z mod 10 in 0..6, evaluate z mod 10 == 8.
