@@ -103,29 +103,39 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
+def _step(state: Path) -> int:
+    return json.loads(state.read_text())["step"] if state.exists() else -1
+
+
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
-    """Kill a run with SIGKILL at two different moments, resume each time, compare bit for bit."""
+    """Kill a run with SIGKILL right after a commit and then between two commits, resume, compare bit for bit.
+
+    Kill moments are tied to observed commits, not wall-clock delays, so a fast machine cannot finish the
+    run before the kill lands."""
     cfg = write_config(tmp_path / "run.yaml", RESUMABLE)
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     cmd = [sys.executable, "-m", "flemme_core", "train", str(cfg), "-q"]
     _train(RESUMABLE, ref)  # uninterrupted reference, in this process (same code, same 1 thread)
+    state = killed / "state.json"
     kills = 0
-    for wait in (0.0, 0.7):
+    for commits_to_see, mid_interval in ((1, False), (2, True)):
         proc = subprocess.Popen(cmd + ["-o", str(killed), "--resume"], env=env(), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        state = killed / "state.json"
-        before = json.loads(state.read_text())["step"] if state.exists() else -1
+        seen, last, times = 0, _step(state), []
         deadline = time.monotonic() + 240
-        while proc.poll() is None and time.monotonic() < deadline:  # wait for a new commit, then kill
-            if state.exists() and json.loads(state.read_text())["step"] > before:
-                break
-            time.sleep(0.02)
-        time.sleep(wait)
+        while proc.poll() is None and time.monotonic() < deadline and seen < commits_to_see:
+            now = _step(state)
+            if now > last:
+                seen, last = seen + 1, now
+                times.append(time.monotonic())
+            time.sleep(0.005)
+        if mid_interval and len(times) == 2:
+            time.sleep((times[1] - times[0]) / 2)  # half-way to the next commit: work since it is lost
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
         proc.wait()
-    assert kills >= 1
+    assert kills == 2
     assert json.loads((killed / "state.json").read_text())["step"] < RESUMABLE["train"]["steps"]
     done = subprocess.run(cmd + ["-o", str(killed), "--resume"], check=False, env=env(), capture_output=True, text=True,
                           timeout=300)
