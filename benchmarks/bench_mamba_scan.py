@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 
-SCAN_VARIANTS = ("cpp", "torch", "naive")
+SCAN_VARIANTS = ("cpp", "torch", "naive", "ssd")
 
 
 def _rss_mb() -> float:
@@ -58,6 +58,22 @@ def scan_inputs(length: int, batch: int = 2, channels: int = 192, d_state: int =
     return {k: v.to(dtype).requires_grad_() for k, v in tensors.items()}
 
 
+def ssd_as_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus=True, head_dim: int = 16):
+    """Mamba-2's SSD on the same problem size: D channels as D/16 heads of 16 with one
+    scalar decay per head (a different, cheaper model than Mamba-1's A per channel and
+    state; timed for the trade-off, not as the same computation)."""
+    import torch.nn.functional as F
+    from flemme_mamba.ssd import ssd_scan
+
+    b, d, length = u.shape
+    h = d // head_dim
+    dt = F.softplus(delta.reshape(b, h, head_dim, length).mean(2) + delta_bias.reshape(h, head_dim).mean(1)[:, None])
+    x = u.reshape(b, 1, h, head_dim, length).transpose(-1, -2)
+    y = ssd_scan(x, dt[:, None], A[::head_dim, 0][None], B.transpose(-1, -2), C.transpose(-1, -2),
+                 D[::head_dim][None])
+    return y.transpose(-1, -2).reshape(b, d, length) * F.silu(z)
+
+
 def run_scan(variant: str, length: int, repeats: int) -> dict:
     """Child process: time forward and backward of one scan variant."""
     import torch
@@ -65,7 +81,8 @@ def run_scan(variant: str, length: int, repeats: int) -> dict:
     from flemme_mamba.scan.reference import selective_scan_ref
     from flemme_mamba.scan.torch_scan import selective_scan_torch
 
-    fn = {"cpp": selective_scan_cpp, "torch": selective_scan_torch, "naive": selective_scan_ref}[variant]
+    fn = {"cpp": selective_scan_cpp, "torch": selective_scan_torch, "naive": selective_scan_ref,
+          "ssd": ssd_as_selective_scan}[variant]
     inputs = scan_inputs(length)
     grad = torch.randn(inputs["u"].shape)
     if variant == "cpp":  # build / load the kernel outside the timings
@@ -129,14 +146,16 @@ def run_accuracy(length: int) -> dict:
 
 
 def run_train(family: str, dims: int, size: int, batch: int, steps: int, width: float) -> dict:
-    """Child process: seconds per AdamW training step of ``family`` + unet."""
+    """Child process: seconds per AdamW training step of ``family`` + unet (``mamba2``: the
+    mamba family with ``ssm: mamba2``)."""
     import torch
 
     from flemme_core import build_model
 
     channels = [max(4, round(c * width)) for c in (32, 64, 128, 256)]
+    encoder = {"name": "mamba", "ssm": "mamba2"} if family == "mamba2" else {"name": family}
     model = build_model({"arch": "unet", "dims": dims, "image_size": size, "in_channels": 1, "out_channels": 2,
-                         "encoder": {"name": family, "channels": channels}})
+                         "encoder": {**encoder, "channels": channels}})
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randn(batch, 1, *[size] * dims)
     y = torch.randint(0, 2, (batch, 1, *[size] * dims)).float()
@@ -243,8 +262,9 @@ def main() -> None:
             mamba = child(["train", "mamba", dims, size, batch, 2, 1.0], args.threads, args.timeout)
             width = matched_cnn_width(mamba["params"], dims) if mamba and "params" in mamba else 1.0
             cnn = child(["train", "cnn", dims, size, batch, 2, width], args.threads, args.timeout)
+            mamba2 = child(["train", "mamba2", dims, size, batch, 2, 1.0], args.threads, args.timeout)
             shape = "×".join([str(size)] * dims)
-            for name, r in [("mamba", mamba), ("cnn", cnn)]:
+            for name, r in [("mamba", mamba), ("mamba (ssm: mamba2)", mamba2), ("cnn", cnn)]:
                 if not r or "timeout" in r:
                     print(f"| {shape} | {name} | | | {'timeout' if r else 'failed'} | |")
                     continue
