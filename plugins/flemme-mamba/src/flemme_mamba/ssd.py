@@ -24,11 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flemme_core import layers
 from flemme_core.errors import ConfigError
 
-from .directions import Directions
-from .ssm import dt_bias_init
+from .ssm import DirectionalMixer, dt_bias_init
 
 
 def segment_sums(a: torch.Tensor) -> torch.Tensor:
@@ -87,7 +85,7 @@ def a_log_init_mamba2(heads: int, low: float = 1.0, high: float = 16.0) -> torch
     return torch.empty(heads).uniform_(low, high).log()
 
 
-class SSDMixerND(nn.Module):
+class SSDMixerND(DirectionalMixer):
     """SS2D / SS3D with Mamba-2's scan on channels-last tokens ``(B, *S, width)``.
 
     As :class:`~flemme_mamba.ssm.SelectiveScanND` (in_proj to x and gate z, depthwise conv,
@@ -98,41 +96,28 @@ class SSDMixerND(nn.Module):
 
     def __init__(self, dims: int, width: int, *, d_state: int = 16, expand: float = 2.0, head_dim: int = 16,
                  d_conv: int = 3, scan: str = "cross+flip", chunk: int = 64, dropout: float = 0.0):
-        super().__init__()
         inner = max(1, int(expand * width))
         if inner % head_dim:
             raise ConfigError(f"model.encoder.head_dim {head_dim} does not divide the inner width {inner} "
                               f"(expand × width {width}); use head_dim {heads_hint(inner, head_dim)}")
-        self.directions = Directions(dims, scan)
+        super().__init__(dims, width, expand=expand, d_conv=d_conv, scan=scan, dropout=dropout)
         k = len(self.directions)
-        self.inner, self.d_state, self.head_dim, self.heads, self.chunk = inner, d_state, head_dim, inner // head_dim, chunk
-        self.in_proj = nn.Linear(width, 2 * inner, bias=False)
-        self.conv = layers.conv(dims, inner, inner, kernel_size=d_conv, groups=inner)
+        self.d_state, self.head_dim, self.heads, self.chunk = d_state, head_dim, inner // head_dim, chunk
         bound = inner ** -0.5
         self.x_proj_weight = nn.Parameter(torch.empty(k, 2 * d_state + self.heads, inner).uniform_(-bound, bound))
         self.dt_bias = nn.Parameter(dt_bias_init((k * self.heads,)))
         self.A_log = nn.Parameter(a_log_init_mamba2(k * self.heads))
         self.D = nn.Parameter(torch.ones(k * self.heads))
-        self.out_norm = nn.LayerNorm(inner)
-        self.out_proj = nn.Linear(inner, width, bias=False)
-        self.dropout = nn.Dropout(dropout)
 
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        b, *spatial, _ = t.shape
-        x, z = self.in_proj(t).chunk(2, dim=-1)
-        x = F.silu(self.conv(x.movedim(-1, 1)))                           # (B, inner, *S)
-        xs = self.directions.split(x)                                     # (B, K, inner, L)
-        k, length = xs.shape[1], xs.shape[-1]
+    def scan(self, xs: torch.Tensor) -> torch.Tensor:
+        b, k, _, length = xs.shape
         Bs, Cs, dts = (self.x_proj_weight @ xs).split([self.d_state, self.d_state, self.heads], dim=2)
         dt = F.softplus(dts.float() + self.dt_bias.view(k, self.heads, 1).float())  # (B, K, H, L)
         heads = xs.reshape(b, k, self.heads, self.head_dim, length).transpose(-1, -2)  # (B, K, H, L, P)
         y = ssd_scan(heads.float(), dt, -self.A_log.float().exp().view(k, self.heads),
                      Bs.transpose(-1, -2).float(), Cs.transpose(-1, -2).float(),
                      self.D.float().view(k, self.heads), chunk=self.chunk)
-        y = self.directions.merge(y.transpose(-1, -2).reshape(b, k, self.inner, length), spatial)
-        y = y.transpose(1, 2).reshape(b, *spatial, self.inner).to(t.dtype)
-        y = self.out_norm(y) * F.silu(z)
-        return self.dropout(self.out_proj(y))
+        return y.transpose(-1, -2).reshape(b, k, self.inner, length)
 
 
 def heads_hint(inner: int, head_dim: int) -> str:

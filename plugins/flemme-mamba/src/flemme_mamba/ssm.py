@@ -36,20 +36,46 @@ def a_log_init(channels: int, d_state: int) -> torch.Tensor:
     return torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(channels, 1)
 
 
-class SelectiveScanND(nn.Module):
+class DirectionalMixer(nn.Module):
+    """What Mamba-1's and Mamba-2's mixers share around their scans, written once:
+    in_proj to (x, gate z) -> depthwise conv + SiLU -> K directions -> ``scan`` -> merge ->
+    LayerNorm -> × SiLU(z) -> out_proj. Subclasses own the scan parameters and ``scan``."""
+
+    def __init__(self, dims: int, width: int, *, expand: float, d_conv: int, scan: str, dropout: float):
+        super().__init__()
+        self.inner = max(1, int(expand * width))
+        self.directions = Directions(dims, scan)
+        self.in_proj = nn.Linear(width, 2 * self.inner, bias=False)
+        self.conv = layers.conv(dims, self.inner, self.inner, kernel_size=d_conv, groups=self.inner)
+        self.out_norm = nn.LayerNorm(self.inner)
+        self.out_proj = nn.Linear(self.inner, width, bias=False)
+        self.dropout = nn.Dropout(dropout)
+
+    def scan(self, xs: torch.Tensor) -> torch.Tensor:
+        """``(B, K, inner, L)`` direction sequences -> scanned sequences of the same shape."""
+        raise NotImplementedError
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        b, *spatial, _ = t.shape
+        x, z = self.in_proj(t).chunk(2, dim=-1)
+        x = F.silu(self.conv(x.movedim(-1, 1)))                      # (B, inner, *S)
+        y = self.scan(self.directions.split(x))                      # (B, K, inner, L)
+        y = self.directions.merge(y, spatial)                        # (B, inner, L)
+        y = y.transpose(1, 2).reshape(b, *spatial, self.inner).to(t.dtype)
+        y = self.out_norm(y) * F.silu(z)
+        return self.dropout(self.out_proj(y))
+
+
+class SelectiveScanND(DirectionalMixer):
     """SS2D / SS3D on channels-last tokens ``(B, *S, width)``."""
 
     def __init__(self, dims: int, width: int, *, d_state: int = 16, expand: float = 2.0,
                  dt_rank: int | None = None, d_conv: int = 3, scan: str = "cross+flip",
                  dropout: float = 0.0, backend: str = "auto"):
-        super().__init__()
-        inner = max(1, int(expand * width))
+        super().__init__(dims, width, expand=expand, d_conv=d_conv, scan=scan, dropout=dropout)
+        inner, k = self.inner, len(self.directions)
         rank = dt_rank or math.ceil(width / 16)
-        self.directions = Directions(dims, scan)
-        k = len(self.directions)
-        self.inner, self.rank, self.d_state, self.backend = inner, rank, d_state, backend
-        self.in_proj = nn.Linear(width, 2 * inner, bias=False)
-        self.conv = layers.conv(dims, inner, inner, kernel_size=d_conv, groups=inner)
+        self.rank, self.d_state, self.backend = rank, d_state, backend
         bound = inner ** -0.5  # nn.Linear's default init, per direction
         self.x_proj_weight = nn.Parameter(torch.empty(k, rank + 2 * d_state, inner).uniform_(-bound, bound))
         std = rank ** -0.5
@@ -57,16 +83,9 @@ class SelectiveScanND(nn.Module):
         self.dt_projs_bias = nn.Parameter(dt_bias_init((k, inner)))
         self.A_log = nn.Parameter(a_log_init(k * inner, d_state))
         self.D = nn.Parameter(torch.ones(k * inner))
-        self.out_norm = nn.LayerNorm(inner)
-        self.out_proj = nn.Linear(inner, width, bias=False)
-        self.dropout = nn.Dropout(dropout)
 
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        b, *spatial, _ = t.shape
-        x, z = self.in_proj(t).chunk(2, dim=-1)
-        x = F.silu(self.conv(x.movedim(-1, 1)))                      # (B, inner, *S)
-        xs = self.directions.split(x)                                # (B, K, inner, L)
-        k, length = xs.shape[1], xs.shape[-1]
+    def scan(self, xs: torch.Tensor) -> torch.Tensor:
+        b, k, _, length = xs.shape
         x_dbl = torch.matmul(self.x_proj_weight, xs)                 # (B, K, R + 2N, L)
         dts, Bs, Cs = x_dbl.split([self.rank, self.d_state, self.d_state], dim=2)
         dts = torch.matmul(self.dt_projs_weight, dts)                # (B, K, inner, L)
@@ -74,7 +93,4 @@ class SelectiveScanND(nn.Module):
             xs.reshape(b, k * self.inner, length), dts.reshape(b, k * self.inner, length),
             -torch.exp(self.A_log.float()), Bs, Cs, self.D.float(),
             delta_bias=self.dt_projs_bias.reshape(-1).float(), delta_softplus=True, backend=self.backend)
-        y = self.directions.merge(y.reshape(b, k, self.inner, length), spatial)   # (B, inner, L)
-        y = y.transpose(1, 2).reshape(b, *spatial, self.inner).to(t.dtype)
-        y = self.out_norm(y) * F.silu(z)
-        return self.dropout(self.out_proj(y))
+        return y.reshape(b, k, self.inner, length)
