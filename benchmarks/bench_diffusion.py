@@ -4,7 +4,8 @@ Part 1 (generation): flemme ``ddpm`` with several encoder families, ``ldm`` over
 ``vae`` trained inside the same budget, and MONAI's ``DiffusionModelUNet`` at matched
 parameters, trained with the same loop, batch and optimiser. Each draws as many samples
 as there are training slices (DDIM) and is scored against the 17 held-out slices
-(z mod 10 == 8) with RBF-MMD², k-NN precision/recall and MS-SSIM among samples, next to
+(z mod 10 == 8) with RBF-MMD², k-NN precision/recall, MS-SSIM among samples and the
+memorisation ratio (nearest-training-slice distance of samples / of held-out slices), next to
 two controls computed in the same run: the training slices (real-data floor) and the
 training mean plus noise (a collapsed generator).
 
@@ -30,6 +31,7 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # no spin-waiting: CPU time = useful work
 
+import numpy as np
 import torch
 
 GENERATORS = {
@@ -319,6 +321,7 @@ def main() -> None:
                 from flemme_core.cli_sample import _grid_png
 
                 _grid_png(samples[:32].numpy(), Path(args.grids) / f"{name}.png", (0.0, 1.0))
+                np.save(Path(args.grids) / f"{name}-samples.npy", samples.numpy())  # for later analysis
     if args.recon or args.recon_only:
         recon_budget = args.recon_budget if args.recon_budget is not None else args.budget
         results["recon_budget_cpu_s"] = recon_budget
@@ -326,7 +329,7 @@ def main() -> None:
                                               Path(args.grids) if args.grids else None)
         out.write_text(json.dumps(results, indent=1))
     gen_cols = ["model", "parameters", "steps", "cpu_s_per_step", "precision", "recall", "rbf_mmd2", "ms_ssim_pairs",
-                "sample_cpu_s_per_image"]
+                "memorisation_ratio", "sample_cpu_s_per_image"]
     if results["generation"]:
         rows = list(results["generation"])
         first = rows[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from flemme_diffusion.metrics import (
     features,
+    memorisation_ratio,
     ms_ssim_pairs,
     precision_recall,
     rbf_bandwidths,
@@ -52,3 +53,12 @@ def test_precision_recall_and_ms_ssim_edge_cases():
     assert abs(ms_ssim_pairs(img[:1].expand(4, -1, -1, -1).clone()) - 1.0) < 1e-5
     assert features(torch.rand(3, 1, 48, 56)).shape == (3, 24 * 28)
     assert features(torch.rand(3, 1, 16, 16, 16)).shape == (3, 16 ** 3)
+
+
+def test_memorisation_ratio_tells_a_copier_from_a_generator():
+    train, held_out, fresh = _blobs(60, 0), _blobs(20, 1), _blobs(60, 2)
+    copies = train[torch.randint(0, 60, (40,), generator=torch.Generator().manual_seed(3))]
+    assert memorisation_ratio(copies, train, held_out) < 1e-4  # precision/recall would give 1 / high
+    assert memorisation_ratio(held_out, train, held_out) == 1.0
+    assert 0.6 < memorisation_ratio(fresh, train, held_out) < 1.6  # new draws of the same distribution
+    assert memorisation_ratio(torch.rand(20, 1, 32, 32), train, held_out) > 2.0  # noise: far from everything

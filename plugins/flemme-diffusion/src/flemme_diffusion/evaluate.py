@@ -5,6 +5,8 @@ held-out images, with the same kernels:
 
 * ``control_train``: the *training* images scored as if they were samples (the real-data
   floor: what a perfect generator of this distribution could get);
+* ``memorisation_ratio`` (see :mod:`.metrics`): the training images themselves would
+  score 0, so the training control has none;
 * ``control_collapsed``: the training mean plus i.i.d. Gaussian noise (std 5 % of the data
   range), as many images as samples (what a collapsed generator gets: high precision,
   recall near 0, large RBF-MMD², MS-SSIM among samples near 1).
@@ -20,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .metrics import features, rbf_bandwidths, sample_quality
+from .metrics import features, memorisation_ratio, rbf_bandwidths, sample_quality
 
 COLLAPSE_NOISE = 0.05
 
@@ -52,6 +54,7 @@ def generation_report(samples: torch.Tensor, held_out: torch.Tensor, train: torc
     out: dict[str, float] = {}
     for key, value in sample_quality(samples, held_out, span, bws).items():
         out[key] = value
+    out["memorisation_ratio"] = memorisation_ratio(samples, train, held_out)
     for key, value in sample_quality(train, held_out, span, bws).items():
         out[f"control_train/{key}"] = value
     gen = torch.Generator().manual_seed(seed)
@@ -59,6 +62,7 @@ def generation_report(samples: torch.Tensor, held_out: torch.Tensor, train: torc
     collapsed = (train.mean(0, keepdim=True) + noise).clamp(lo, hi)
     for key, value in sample_quality(collapsed, held_out, span, bws).items():
         out[f"control_collapsed/{key}"] = value
+    out["control_collapsed/memorisation_ratio"] = memorisation_ratio(collapsed, train, held_out)
     from .metrics import ms_ssim_pairs
 
     out["heldout/ms_ssim_pairs"] = ms_ssim_pairs(held_out, span)

@@ -11,6 +11,10 @@
   precision near 1 but recall near 0.
 * **MS-SSIM among samples** (mean over pairs; lower = more diverse), to be read next to
   the same number among real images.
+* **Memorisation ratio**: the median distance from a sample to its nearest *training*
+  image over the same median for the held-out images. Precision and recall cannot tell a
+  generator from a copier (the training images score 1 / 1); near 1 the samples are as
+  far from the training set as new real images are, near 0 they are copies of it.
 
 Feature space: there is no pretrained medical image network offline (and an ImageNet
 Inception is a poor judge of MR slices anyway), so features are **low-resolution
@@ -134,3 +138,11 @@ def sample_quality(samples: torch.Tensor, reference: torch.Tensor, data_range: f
     precision, recall = precision_recall(fs, fr, k)
     return {"precision": precision, "recall": recall, "rbf_mmd2": rbf_mmd2(fs, fr, bws),
             "ms_ssim_pairs": ms_ssim_pairs(samples, data_range)}
+
+
+def memorisation_ratio(samples: torch.Tensor, train: torch.Tensor, held_out: torch.Tensor) -> float:
+    """Median nearest-training-image distance of ``samples`` over that of ``held_out`` (features space)."""
+    ft = features(train)
+    def nearest(x: torch.Tensor) -> torch.Tensor:
+        return _sq_dists(features(x), ft).min(1).values.sqrt()
+    return float(nearest(samples).median() / nearest(held_out).median().clamp(min=1e-12))
