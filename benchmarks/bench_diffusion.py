@@ -303,6 +303,11 @@ def main() -> None:
     ap.add_argument("--out", default="bench-diffusion.json")
     ap.add_argument("--grids", default=None, help="folder for a PNG grid of each model's samples")
     args = ap.parse_args()
+    if "monai" in args.models.split(",") and not args.recon_only:
+        import importlib.util
+
+        if importlib.util.find_spec("einops") is None:  # MONAI's attention blocks need it
+            ap.error("the monai row needs einops: pip install einops (nox -s bench installs it)")
     torch.set_num_threads(args.threads)
     VAE_FRACTION = args.vae_fraction
     results = {"budget_cpu_s": args.budget, "threads": args.threads, "generation": [], "reconstruction": []}
