@@ -280,6 +280,15 @@ def run_recon(budget: float, seed: int, ensemble: int, steps: int, grids: Path |
     return rows
 
 
+def nearest_pairs_png(samples: torch.Tensor, train_x: torch.Tensor, path: Path, k: int = 8) -> None:
+    """Each of the first ``k`` samples beside its nearest training slice (pixel L2): copies show."""
+    from flemme_core.cli_sample import _grid_png
+
+    nearest = torch.cdist(samples[:k].flatten(1).double(), train_x.flatten(1).double()).argmin(1)
+    tiles = torch.stack([samples[:k].float(), train_x[nearest].float()], 1).flatten(0, 1)  # sample, its nearest
+    _grid_png(tiles.clamp(0, 1).numpy(), path, (0.0, 1.0))
+
+
 def table(rows: list[dict], cols: list[str]) -> str:
     head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
     def fmt(v):
@@ -327,6 +336,7 @@ def main() -> None:
 
                 _grid_png(samples[:32].numpy(), Path(args.grids) / f"{name}.png", (0.0, 1.0))
                 np.save(Path(args.grids) / f"{name}-samples.npy", samples.numpy())  # for later analysis
+                nearest_pairs_png(samples, train_x, Path(args.grids) / f"{name}-nearest.png")
     if args.recon or args.recon_only:
         recon_budget = args.recon_budget if args.recon_budget is not None else args.budget
         results["recon_budget_cpu_s"] = recon_budget
