@@ -281,10 +281,12 @@ def run_recon(budget: float, seed: int, ensemble: int, steps: int, grids: Path |
 
 
 def nearest_pairs_png(samples: torch.Tensor, train_x: torch.Tensor, path: Path, k: int = 8) -> None:
-    """Each of the first ``k`` samples beside its nearest training slice (pixel L2): copies show."""
+    """Each of the first ``k`` samples beside its nearest training slice (the memorisation ratio's)."""
+    from flemme_diffusion.metrics import nearest_training
+
     from flemme_core.cli_sample import _grid_png
 
-    nearest = torch.cdist(samples[:k].flatten(1).double(), train_x.flatten(1).double()).argmin(1)
+    _, nearest = nearest_training(samples[:k], train_x)
     tiles = torch.stack([samples[:k].float(), train_x[nearest].float()], 1).flatten(0, 1)  # sample, its nearest
     _grid_png(tiles.clamp(0, 1).numpy(), path, (0.0, 1.0))
 

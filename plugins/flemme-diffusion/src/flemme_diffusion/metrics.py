@@ -140,9 +140,14 @@ def sample_quality(samples: torch.Tensor, reference: torch.Tensor, data_range: f
             "ms_ssim_pairs": ms_ssim_pairs(samples, data_range)}
 
 
+def nearest_training(x: torch.Tensor, train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distance to, and index of, each image's nearest training image in the metrics' feature space."""
+    nearest = _sq_dists(features(x), features(train)).min(1)
+    return nearest.values.sqrt(), nearest.indices
+
+
 def memorisation_ratio(samples: torch.Tensor, train: torch.Tensor, held_out: torch.Tensor) -> float:
     """Median nearest-training-image distance of ``samples`` over that of ``held_out`` (features space)."""
-    ft = features(train)
-    def nearest(x: torch.Tensor) -> torch.Tensor:
-        return _sq_dists(features(x), ft).min(1).values.sqrt()
-    return float(nearest(samples).median() / nearest(held_out).median().clamp(min=1e-12))
+    dist_samples, _ = nearest_training(samples, train)
+    dist_held_out, _ = nearest_training(held_out, train)
+    return float(dist_samples.median() / dist_held_out.median().clamp(min=1e-12))
