@@ -9,7 +9,7 @@ from flemme_mmfd.distill import logit_distillation
 from mmfd_testutil import probe
 
 from flemme_core import build_model, load_model, save_model
-from flemme_core.errors import ConfigError
+from flemme_core.errors import CheckpointError, ConfigError
 from flemme_core.losses import build_loss
 from flemme_core.registry import get_registry
 
@@ -149,6 +149,66 @@ def test_distill_option_mistakes():
         distill(feature_levels=[7])
     with pytest.raises(ConfigError, match="not 'main'"):
         distill().begin_stage("main")
+
+
+def _trained_branch(tmp_path, encoder, name):
+    """A unet saved as a branch checkpoint, its weights moved off their initial values."""
+    model = build_model({"arch": "unet", "image_size": [32, 32], "encoder": encoder})
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model, str(save_model(model, tmp_path / f"{name}.safetensors"))
+
+
+@pytest.mark.parametrize("fusion", ["sum", "share_token"])
+def test_teacher_init_with_residual_starts_as_the_branch_model(tmp_path, fusion):
+    branch_model, path = _trained_branch(tmp_path, CNN, "main")
+    teacher = {"name": "mmfd", "residual": "main", "fusion": fusion,
+               "fusion_options": {"num_tokens": 4, "depth": 1} if fusion == "share_token" else {},
+               "branches": [{"name": "cnn", "channels": [8, 16, 24], "norm": "group"},
+                            {"id": "main", "checkpoint": path, "freeze": True,
+                             "lora": {"targets": ["conv"], "rank": 2}}]}
+    model = distill(teacher=teacher, teacher_init="main")
+    enc = model.teacher.encoder
+    assert enc.feature_channels == [8, 16] and enc.feature_strides == [1, 2]  # the residual branch's grid
+    x = batch()["image"]
+    model.eval(), branch_model.eval()
+    assert torch.allclose(model.teacher(x), branch_model(x), atol=1e-6)
+    # The fusion is live from the first step: the zero scales get a gradient, and after one
+    # update the teacher differs from the branch model.
+    model.begin_stage("teacher")
+    model.train()
+    loss, _ = model.training_loss(batch(), criterion(model))
+    loss.backward()
+    assert all(float(s.grad.abs().sum()) > 0 for s in enc.residual_scales)
+    with torch.no_grad():
+        for s in enc.residual_scales:
+            s.sub_(s.grad.sign() * 0.1)
+    model.eval()
+    assert not torch.allclose(model.teacher(x), branch_model(x), atol=1e-4)
+
+
+def test_teacher_init_and_residual_mistakes(tmp_path):
+    _, path = _trained_branch(tmp_path, CNN, "main")
+    other = {"name": "cnn", "channels": [8, 16, 24], "norm": "group"}
+    main = {"id": "main", "checkpoint": path, "freeze": True}
+    with pytest.raises(ConfigError, match="residual branch 'main' must supply every fused level"):
+        build_model({"arch": "unet", "image_size": [32, 32],
+                     "encoder": {"name": "mmfd", "residual": "main", "channels": [8, 32], "branches": [other, main]}})
+    with pytest.raises(ConfigError, match="branch id 'mian'.*main"):
+        build_model({"arch": "unet", "image_size": [32, 32],
+                     "encoder": {"name": "mmfd", "residual": "mian", "branches": [other, main]}})
+    # Without residual the fused widths are the widest branch's, so the branch decoder cannot fit.
+    with pytest.raises(CheckpointError, match="weights do not fit.*set residual: main"):
+        distill(teacher={"name": "mmfd", "branches": [other, main]}, teacher_init="main")
+    with pytest.raises(ConfigError, match="branch 'cnn' has no checkpoint"):
+        distill(teacher={"name": "mmfd", "residual": "cnn", "branches": [other, main]}, teacher_init="cnn")
+    ae = save_model(build_model({"arch": "ae", "image_size": [32, 32], "out_channels": 1, "encoder": CNN}),
+                    tmp_path / "ae.safetensors")
+    with pytest.raises(ConfigError, match="trained as 'ae' but the teacher is 'unet'"):
+        distill(teacher={"name": "mmfd", "residual": "a", "branches": [other, {"id": "a", "checkpoint": str(ae)}]},
+                teacher_init="a")
 
 
 def _architectures():

@@ -62,6 +62,7 @@ class Branch(nn.Module):
                               f"{in_channels} channels")
         self.adapter = InputAdapter(opts.normalize, parent.in_channels, in_channels, opts.input_size)
         self.report: LoadReport | None = None
+        self.checkpoint = opts.checkpoint  # a flemme model this branch came from (its decoder can seed one)
         path = opts.checkpoint or opts.weights
         if path:
             tensors, _ = read_safetensors(path)

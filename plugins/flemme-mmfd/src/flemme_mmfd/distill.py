@@ -3,6 +3,8 @@
 * ``model.encoder`` is the **student** encoder (any registered family): what is deployed.
 * ``arch_options.teacher`` is the teacher's encoder config (typically ``mmfd``), or
   ``teacher_checkpoint`` a trained teacher saved by flemme (then stage 1 is skipped).
+  ``teacher_init: <branch id>`` starts the teacher's decoder and head from that branch's
+  checkpoint (with the fusion's ``residual`` on it, the teacher starts as that model).
 * Teacher and student are both the ``inner`` architecture (``unet`` by default; ``ae``,
   ``hunet``, any registered one) around their encoders.
 
@@ -45,6 +47,7 @@ STAGES = ("teacher", "student")
 class DistillOptions:
     teacher: Any = None                 # the teacher's encoder config, e.g. {name: mmfd, branches: [...]}
     teacher_checkpoint: str | None = None  # a trained teacher (flemme checkpoint): skips stage 1
+    teacher_init: str | None = None     # a teacher branch id: decoder and head start from its checkpoint
     inner: str = "unet"                 # architecture of teacher and student
     inner_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     stages: list[str] | None = None     # default: [teacher, student] ([student] with teacher_checkpoint)
@@ -59,6 +62,9 @@ class DistillOptions:
         if (self.teacher is None) == (self.teacher_checkpoint is None):
             raise ConfigError("model.arch_options needs exactly one of teacher (an encoder config, e.g. "
                               "{name: mmfd, branches: [...]}) or teacher_checkpoint (a trained teacher)")
+        if self.teacher_init is not None and self.teacher is None:
+            raise ConfigError("model.arch_options.teacher_init seeds a teacher built here; with teacher_checkpoint "
+                              "the teacher is already trained: drop teacher_init")
         if self.inner == "distill":
             raise ConfigError("model.arch_options.inner cannot be distill; use unet, ae, hunet, ...")
         if self.stages is not None:
@@ -142,6 +148,8 @@ class Distill(Architecture):
             # The teacher's own config names its encoder, so it can be saved and reused on its own.
             self.teacher = inner(dataclasses.replace(inner_cfg, encoder=teacher_cfg),
                                  lambda **kw: build_encoder(**{"encoder": teacher_cfg, **kw}))
+            if opts.teacher_init is not None:
+                self._init_teacher_from_branch(opts.teacher_init, opts.inner)
         self.task = self.student.task
         self.default_loss = list(self.student.default_loss)
         # What each side may train when its stage comes (frozen branches stay frozen).
@@ -178,6 +186,36 @@ class Distill(Architecture):
             projectors.append(nn.Identity() if same else layers.conv(self.config.dims, sc, tc, kernel_size=1))
             pairs.append((t, s))
         return pairs, projectors
+
+    def _init_teacher_from_branch(self, branch_id: str, inner: str) -> None:
+        """Start the teacher's decoder and head from the model a branch was trained in.
+
+        A fused teacher otherwise learns its decoder from scratch while its branches come
+        trained; with the fusion's ``residual`` on the same branch the teacher starts as
+        exactly that branch's model, and its stage can only refine it.
+        """
+        from .weights import load_into, read_safetensors
+
+        encoder = self.teacher.encoder
+        if not hasattr(encoder, "branches"):
+            raise ConfigError(f"model.arch_options.teacher_init names a branch of an mmfd teacher, but the teacher "
+                              f"encoder is {self.teacher.config.encoder.name!r}")
+        branch = encoder._branch(branch_id)
+        if not branch.checkpoint:
+            raise ConfigError(f"teacher_init: branch {branch.id!r} has no checkpoint (a flemme model) to take a "
+                              f"decoder from; give it checkpoint: path/to/best.safetensors")
+        from flemme_core.checkpoint import read_metadata
+
+        arch = read_metadata(branch.checkpoint)["config"]["arch"]
+        if arch != inner:
+            raise ConfigError(f"teacher_init: branch {branch.id!r} was trained as {arch!r} but the teacher is "
+                              f"{inner!r}; set inner: {arch} or train the branch as {inner}")
+        tensors, _ = read_safetensors(branch.checkpoint)
+        rest = nn.ModuleDict({n: m for n, m in self.teacher.named_children() if n != "encoder"})
+        load_into(rest, {k: v for k, v in tensors.items() if not k.startswith("encoder.")},
+                  f"teacher decoder <- {branch.checkpoint}", hint="the fused widths and strides must be the "
+                  f"branch's: set residual: {branch.id} (or channels to {branch.channels}) and decoder_family: "
+                  f"{branch.id}")
 
     # -- stages --------------------------------------------------------------------
     def training_stages(self) -> list[str]:

@@ -10,6 +10,12 @@ configured fusion strategy (any registered one). ``channels`` gives the fused wi
 (and so the number of levels); by default the pyramid reaches the coarsest branch stride and
 each level is as wide as the widest branch feature feeding it.
 
+``residual: <branch id>`` makes the fused encoder a refinement of one branch: each level
+is that branch's own feature plus the fusion scaled by a per-channel factor that starts
+at zero (ReZero, ControlNet's zero convolution). The fused encoder then starts as exactly
+that branch (with ``distill``'s ``teacher_init`` the whole teacher starts as its model),
+so training the fusion can only move away from it where the other branches help.
+
 The result honours the encoder contract (features fine to coarse, ``feature_channels``,
 ``feature_strides``, ``blocks`` for the decoder), so ``unet``, ``ae`` or ``hunet`` run
 on top unchanged. ``decoder_family`` picks whose blocks the decoder uses.
@@ -52,14 +58,21 @@ class FusionEncoder(Encoder):
         self.branch_ids = [b.id for b in self.branches]
 
         anchor = self._anchor_stride(opts.anchor)
-        coarsest = max(b.strides[i] for b in self.branches for i in b.levels)
+        residual = self._branch(opts.residual) if opts.residual is not None else None
+        coarsest = max(b.strides[i] for b in ([residual] if residual else self.branches) for i in b.levels)
         num_levels = len(cfg.channels) if cfg.channels else max(1, round(math.log2(coarsest / anchor)) + 1)
         self.feature_strides = [anchor * 2 ** i for i in range(num_levels)]
-        # Default width of a level: the widest branch feature that feeds it.
+        # Default width of a level: the residual branch's, else the widest branch feature that feeds it.
         widths = list(cfg.channels) if cfg.channels else [
-            max(b.channels[b.pick(s)] for b in self.branches) for s in self.feature_strides]
+            max(b.channels[b.pick(s)] for b in ([residual] if residual else self.branches))
+            for s in self.feature_strides]
         self.feature_channels = widths
         self.picks = [[b.pick(s) for s in self.feature_strides] for b in self.branches]
+        self.residual_index = None if residual is None else list(self.branches).index(residual)
+        if residual is not None:
+            self._check_residual(residual)
+            # ReZero/ControlNet-style: fused = branch feature + scale * fusion, scale = 0 at start.
+            self.residual_scales = nn.ParameterList(nn.Parameter(torch.zeros(w)) for w in widths)
 
         self.aligners = nn.ModuleList(
             nn.ModuleList(channel_align(b.align or opts.align, cfg.dims, b.channels[b.pick(s)], w)
@@ -76,12 +89,21 @@ class FusionEncoder(Encoder):
                 raise ConfigError(f"fusion {opts.fusion!r}: {exc}; check model.encoder.fusion_options") from None
         self.fusion_name = opts.fusion
 
-        self.blocks = self._decoder_blocks(opts.decoder_family, cfg)
+        self.blocks = self._decoder_blocks(opts.decoder_family if opts.decoder_family is not None else
+                                           opts.residual, cfg)
         fam = self.blocks.cfg
+        if cfg.num_blocks is not None:
+            num_blocks = cfg.num_blocks
+        elif isinstance(fam.num_blocks, int):
+            num_blocks = fam.num_blocks
+        elif residual is not None and self.blocks is residual.encoder.blocks:
+            # The decoder mirrors the residual branch level by level: its per-level block counts fit.
+            first = self.picks[self.residual_index][0]
+            num_blocks = list(fam.num_blocks[first:first + num_levels])
+        else:
+            num_blocks = 1
         self.config = dataclasses.replace(
-            cfg, channels=widths, options=copy.deepcopy(cfg.options),
-            num_blocks=cfg.num_blocks if cfg.num_blocks is not None else
-            (fam.num_blocks if isinstance(fam.num_blocks, int) else 1),
+            cfg, channels=widths, options=copy.deepcopy(cfg.options), num_blocks=num_blocks,
             patch_size=self.feature_strides[0], norm=cfg.norm or fam.norm, act=cfg.act or fam.act)
         self.backend = "mmfd(" + "+".join(f"{b.id}:{b.family}" for b in self.branches) + f"; {opts.fusion})"
 
@@ -107,6 +129,17 @@ class FusionEncoder(Encoder):
             raise ConfigError(f"anchor stride {value:g} is not a whole number (a branch's input_size rescales "
                               f"it); give anchor as a fixed integer stride")
         return round(value)
+
+    def _check_residual(self, branch: Branch) -> None:
+        """The residual branch must supply every fused level natively (same stride, same width)."""
+        for level, (stride, width) in enumerate(zip(self.feature_strides, self.feature_channels)):
+            i = self.picks[self.residual_index][level]
+            if abs(branch.strides[i] - stride) > 1e-6 or branch.channels[i] != width:
+                raise ConfigError(
+                    f"residual branch {branch.id!r} must supply every fused level as it is, but level {level} is "
+                    f"stride {stride} width {width} and the branch gives stride {branch.strides[i]:g} width "
+                    f"{branch.channels[i]}; leave channels unset (or use the branch's {branch.channels}) and "
+                    f"anchor at the branch")
 
     def _decoder_blocks(self, spec: Any, cfg: EncoderConfig) -> BlockFamily:
         if spec is None:
@@ -136,9 +169,13 @@ class FusionEncoder(Encoder):
             size = [s // stride for s in x.shape[2:]]
             aligned = [self.aligners[b][level](feats[self.picks[b][level]]) for b, feats in enumerate(per_branch)]
             if getattr(fusion, "native_grids", False):
-                out.append(fusion(aligned, size=size))
+                fused = fusion(aligned, size=size)
             else:
-                out.append(fusion([resample(a, size, self.options.resample) for a in aligned]))
+                fused = fusion([resample(a, size, self.options.resample) for a in aligned])
+            if self.residual_index is not None:
+                scale = self.residual_scales[level].view(1, -1, *[1] * self.dims)
+                fused = per_branch[self.residual_index][self.picks[self.residual_index][level]] + scale * fused
+            out.append(fused)
         return out
 
     def check_image_size(self, size: Sequence[int]) -> None:

@@ -85,10 +85,14 @@ class FusionEncoderOptions:
     branches: list[Any] = dataclasses.field(default_factory=list)
     fusion: str = "sum"                 # any registered fusion strategy (flemme list fusions)
     fusion_options: dict[str, Any] = dataclasses.field(default_factory=dict)
-    anchor: Any = "finest"              # finest | coarsest | a branch id | a fixed stride (int)
+    anchor: Any = None                  # finest | coarsest | a branch id | a fixed stride (default: the
+                                        # residual branch if set, else finest)
+    residual: str | None = None         # a branch id whose own features pass through; the fusion is added
+                                        # with a zero-initialised scale (the encoder starts as that branch)
     align: str = "mlp"                  # mlp (LayerNorm -> Linear -> GELU -> Linear) | conv (1×1)
     resample: str = "auto"              # auto (area down, linear up) | linear | nearest | area
-    decoder_family: Any = None          # a branch id, or a family config {name: cnn, ...}; default: branch 0
+    decoder_family: Any = None          # a branch id, or a family config {name: cnn, ...}; default: the
+                                        # residual branch, else branch 0
 
     def validate(self) -> None:
         if not isinstance(self.branches, list) or not self.branches:
@@ -96,6 +100,8 @@ class FusionEncoderOptions:
                               "[{name: cnn}, {name: swin}]")
         choice(self.align, ALIGNS, "model.encoder.align")
         choice(self.resample, RESAMPLES, "model.encoder.resample")
+        if self.anchor is None:
+            self.anchor = self.residual or "finest"
         if not (isinstance(self.anchor, str) or (isinstance(self.anchor, int) and self.anchor > 0)):
             raise ConfigError(f"model.encoder.anchor must be finest, coarsest, a branch id or a positive "
                               f"stride, got {self.anchor!r}")

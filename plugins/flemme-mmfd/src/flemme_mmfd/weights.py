@@ -108,14 +108,13 @@ def compare_state(module: nn.Module, state: Mapping[str, torch.Tensor], source: 
     return LoadReport(source, loaded, missing, unexpected, mismatched)
 
 
-def load_into(module: nn.Module, state: Mapping[str, torch.Tensor], source: str,
-              strict: bool = True) -> LoadReport:
+def load_into(module: nn.Module, state: Mapping[str, torch.Tensor], source: str, strict: bool = True,
+              hint: str = "fix key_map/prefix, or set strict: false to load only the matching keys") -> LoadReport:
     """Copy the matching tensors of ``state`` into ``module``; strict means all-or-error."""
     report = compare_state(module, state, source)
     if not report.ok:
         if strict:
-            raise CheckpointError(f"weights do not fit the branch: {report.summary()}; fix key_map/prefix, "
-                                  f"or set strict: false to load only the matching keys")
+            raise CheckpointError(f"weights do not fit: {report.summary()}; {hint}")
         warnings.warn(f"partial weight load: {report.summary()}", stacklevel=2)
     with torch.no_grad():
         own = module.state_dict()
