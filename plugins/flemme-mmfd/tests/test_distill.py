@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -151,9 +153,11 @@ def test_distill_option_mistakes():
         distill().begin_stage("main")
 
 
-def _trained_branch(tmp_path, encoder, name):
-    """A unet saved as a branch checkpoint, its weights moved off their initial values."""
-    model = build_model({"arch": "unet", "image_size": [32, 32], "encoder": encoder})
+def _trained_branch(tmp_path, model_or_encoder, name):
+    """A unet (or an encoder in a 32×32 unet) saved as a branch checkpoint, weights moved off their init."""
+    config = (model_or_encoder if "arch" in model_or_encoder else
+              {"arch": "unet", "image_size": [32, 32], "encoder": model_or_encoder})
+    model = build_model(config)
     torch.manual_seed(3)
     with torch.no_grad():
         for p in model.parameters():
@@ -300,3 +304,27 @@ def test_flemme_eval_compares_teacher_and_student(tmp_path):
     assert "student vs teacher: parameters 1/" in result.output and "x faster on CPU" in result.output
     none = CliRunner().invoke(main, ["eval", str(out / "last.safetensors"), "--no-variants"])
     assert none.exit_code == 0 and "student vs teacher" not in none.output
+
+
+def test_shipped_demo_config_teacher_starts_as_its_residual_branch(tmp_path):
+    """configs/distill-stardist.yaml builds on the branch configs' checkpoints, and its teacher
+    is exactly the cnn branch's model before the teacher stage."""
+    import yaml
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    branches = {}
+    for name in ("cnn", "swin"):
+        model, path = _trained_branch(tmp_path, yaml.safe_load((configs / f"branch-{name}.yaml").read_text())["model"],
+                                      name)
+        branches[name] = (model, path)
+    config = yaml.safe_load((configs / "distill-stardist.yaml").read_text())["model"]
+    for spec in config["arch_options"]["teacher"]["branches"]:
+        spec["checkpoint"] = branches[spec["id"]][1]
+    model = build_model(config)
+    residual = config["arch_options"]["teacher"]["residual"]
+    reference = branches[residual][0].eval()
+    model.eval()
+    x = torch.randn(1, 1, *config["image_size"])
+    assert torch.allclose(model.teacher(x), reference(x), atol=1e-5)
+    count = lambda m: sum(p.numel() for p in m.parameters())
+    assert count(model.student) * 10 <= count(model.teacher)
