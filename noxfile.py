@@ -60,6 +60,15 @@ def pyramid_experiment(session: nox.Session) -> None:
 
 
 @nox.session
+def mmfd_experiment(session: nox.Session) -> None:
+    """MMFD's goals (teacher vs best branch, student vs teacher), 3 seeds, stardist and MNI152 tissue."""
+    # the exact commands of plugins/flemme-mmfd/README.md "The goals" (finished runs are reused)
+    for dataset in ("stardist", "tissue"):
+        session.run("python", "plugins/flemme-mmfd/experiments/mmfd_experiment.py", "--dataset", dataset,
+                    "--seeds", "0,1,2", "--out", "runs/mmfd-experiment", *session.posargs)
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     session.run("ruff", "check", "flemme_core", "plugins", "examples", "tests", "benchmarks", "noxfile.py")
 
