@@ -64,8 +64,9 @@ def mmfd_experiment(session: nox.Session) -> None:
     """MMFD's goals (teacher vs best branch, student vs teacher), 3 seeds, stardist and MNI152 tissue."""
     # the exact commands of plugins/flemme-mmfd/README.md "The goals" (finished runs are reused)
     for dataset in ("stardist", "tissue"):
-        session.run("python", "plugins/flemme-mmfd/experiments/mmfd_experiment.py", "--dataset", dataset,
-                    "--seeds", "0,1,2", "--out", "runs/mmfd-experiment", *session.posargs)
+        for control in ([], ["--control"]):  # the recipe, then its teacher stage without the fusion partner
+            session.run("python", "plugins/flemme-mmfd/experiments/mmfd_experiment.py", "--dataset", dataset,
+                        "--seeds", "0,1,2", "--out", "runs/mmfd-experiment", *control, *session.posargs)
 
 
 @nox.session

@@ -36,9 +36,9 @@ BRANCHES = ("cnn", "swin")
 #: branch the teacher refines (the stronger one) and the student: a small model of that
 #: branch's family (None: the config's cnn student).
 DATASETS: dict[str, dict[str, Any]] = {
-    "stardist": {"overrides": [], "steps": 200, "student_steps": 200, "val_every": 100, "residual": "cnn",
+    "stardist": {"preset": "stardist-nuclei-2d", "overrides": [], "steps": 200, "student_steps": 200, "val_every": 100, "residual": "cnn",
                  "student": None},
-    "tissue": {"overrides": ["--data", "mni152-tissue-2d", "--set", "model.out_channels=4",
+    "tissue": {"preset": "mni152-tissue-2d", "overrides": ["--data", "mni152-tissue-2d", "--set", "model.out_channels=4",
                              "--set", "model.image_size=[48,48]", "--set", "data.patch_size=[48,48]"],
                "steps": 1000, "student_steps": 2000, "val_every": 250, "residual": "swin",
                "student": {"name": "swin", "channels": [16, 32, 64, 128], "num_blocks": [1, 1, 1, 1]}},
@@ -67,6 +67,9 @@ def distill_config(branch_dirs: dict[str, Path], args: argparse.Namespace, spec:
     opts.pop("teacher_init", None)
     if args.residual != "none":
         teacher["residual"] = opts["teacher_init"] = args.residual
+    if args.control:  # the same teacher stage with the residual branch alone: what fusion adds over fine-tuning
+        teacher["branches"] = [b for b in teacher["branches"] if b["id"] == args.residual]
+        opts["stages"] = ["teacher"]
     else:  # the earlier recipe: fusion and decoder from scratch on the swin grid, fixed widths
         teacher.update(anchor="swin", channels=[32, 64, 128, 256])
     stages = config["train"]["stages"]
@@ -77,7 +80,35 @@ def distill_config(branch_dirs: dict[str, Path], args: argparse.Namespace, spec:
         stages["teacher"]["lr"] = args.teacher_lr
     elif args.residual == "none":  # the from-scratch recipe trained its teacher at the global lr
         stages["teacher"].pop("lr", None)
+    if args.control:
+        del stages["student"]
     return yaml.safe_dump(config, sort_keys=False)
+
+
+def ensemble_gain(branch_dirs: dict[str, Path], preset: str) -> float:
+    """Foreground Dice of the branches' averaged softmax minus the best branch's (``held_out_dice``,
+    the distill report's measure): whether the branches hold complementary knowledge at all,
+    which bounds what fusing them can add."""
+    import torch
+    from flemme_mmfd.report import held_out_dice
+
+    from flemme_core import load_model
+    from flemme_core.data import load_preset
+
+    class Ensemble(torch.nn.Module):
+        def __init__(self, models: list[torch.nn.Module]):
+            super().__init__()
+            self.models = torch.nn.ModuleList(models)
+
+        def predict(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.stack([m.predict(x).softmax(1) for m in self.models]).mean(0)
+
+    torch.set_num_threads(1)
+    splits = load_preset(preset)
+    models = [load_model(d / "best.safetensors").eval() for d in branch_dirs.values()]
+    roi = list(models[0].config.image_size)
+    dice = lambda m: held_out_dice(m, splits.held_out, roi, splits.num_classes)
+    return dice(Ensemble(models)) - max(dice(m) for m in models)
 
 
 def run_seed(seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -94,6 +125,10 @@ def run_seed(seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
                    "--val-every", str(spec["val_every"]), "-o", str(run), threads=args.threads)
             flemme("eval", str(run / "best.safetensors"), "--json", str(result), threads=args.threads)
         row[b] = json.loads(result.read_text())["metrics"]["dice"] if result.exists() else None
+    gain = root / "ensemble-gain.json"
+    if not gain.exists() and not args.table_only and all(row[b] is not None for b in BRANCHES):
+        gain.write_text(json.dumps(ensemble_gain(dirs, spec["preset"])))
+    row["ensemble"] = json.loads(gain.read_text()) if gain.exists() else None
     run = root / f"distill-{args.tag}"
     result = run.with_suffix(".eval.json")
     if not result.exists() and not args.table_only:
@@ -101,10 +136,13 @@ def run_seed(seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
         cfg = run.with_suffix(".yaml")
         cfg.write_text(distill_config(dirs, args, spec))
         flemme("train", str(cfg), *common, "-o", str(run), threads=args.threads)
-        flemme("eval", str(run / "best.safetensors"), "--json", str(result), threads=args.threads)
+        # A control run ends with its teacher stage, whose best.safetensors would be chosen on the
+        # held-out validations; the full recipe's teacher is its stage's last state: evaluate that.
+        checkpoint = "last.safetensors" if args.control else "best.safetensors"
+        flemme("eval", str(run / checkpoint), "--json", str(result), threads=args.threads)
     if result.exists():
         variants = json.loads(result.read_text())["variants"]
-        for side in ("teacher", "student"):
+        for side in ("teacher",) if args.control else ("teacher", "student"):
             row[side] = variants[side]["metrics"]["dice"]
             row[f"{side}_parameters"] = variants[side]["parameters"]
             row[f"{side}_ms"] = variants[side]["cpu_ms"]
@@ -122,19 +160,27 @@ def _mean_std(values: list[float]) -> str:
 def table(rows: list[dict[str, Any]]) -> str:
     """Markdown: Dice per seed, differences in points, size and speed ratios, the goals' verdicts."""
     lines = [("| seed | branch cnn | branch swin | teacher | student | teacher − best branch | student − teacher "
-             "| parameters teacher/student | CPU ms teacher/student |"), "|---|" + "---:|" * 8]
+              "| parameters teacher/student | CPU ms teacher/student | branch ensemble − best branch (fg Dice) |"),
+             "|---|" + "---:|" * 9]
     done = [r for r in rows if r.get("teacher") is not None]
     for r in done:
         best = max(r["cnn"], r["swin"])
-        lines.append(f"| {r['seed']} | {r['cnn']:.4f} | {r['swin']:.4f} | {r['teacher']:.4f} | {r['student']:.4f} | "
-                     f"{100 * (r['teacher'] - best):+.2f} | {100 * (r['student'] - r['teacher']):+.2f} | "
-                     f"{r['teacher_parameters'] / r['student_parameters']:.1f}× | "
-                     f"{r['teacher_ms']:.1f} / {r['student_ms']:.1f} |")
+        ensemble = "—" if r.get("ensemble") is None else f"{100 * r['ensemble']:+.2f}"
+        cells = ([f"{r['student']:.4f}", f"{100 * (r['student'] - r['teacher']):+.2f}",
+                  f"{r['teacher_parameters'] / r['student_parameters']:.1f}×",
+                  f"{r['teacher_ms']:.1f} / {r['student_ms']:.1f}"] if "student" in r else
+                 ["—", "—", "—", f"{r['teacher_ms']:.1f} / —"])
+        lines.append(f"| {r['seed']} | {r['cnn']:.4f} | {r['swin']:.4f} | {r['teacher']:.4f} | {cells[0]} | "
+                     f"{100 * (r['teacher'] - best):+.2f} | {' | '.join(cells[1:])} | {ensemble} |")
     if not done:
         return "\n".join(lines)
-    lines.append(f"| mean ± std | {_mean_std([r['cnn'] for r in done])} | {_mean_std([r['swin'] for r in done])} | "
-                 f"{_mean_std([r['teacher'] for r in done])} | {_mean_std([r['student'] for r in done])} | | | | |")
     teacher_ok = sum(r["teacher"] >= max(r["cnn"], r["swin"]) for r in done)
+    control = any("student" not in r for r in done)
+    students = "—" if control else _mean_std([r["student"] for r in done])
+    lines.append(f"| mean ± std | {_mean_std([r['cnn'] for r in done])} | {_mean_std([r['swin'] for r in done])} | "
+                 f"{_mean_std([r['teacher'] for r in done])} | {students} | | | | | |")
+    if control:
+        return "\n".join([*lines, "", f"Teacher ≥ best branch in {teacher_ok} of {len(done)} seed(s)."])
     student_ok = sum(r["student"] >= r["teacher"] - 0.01 for r in done)
     size_ok = sum(r["student_parameters"] * 10 <= r["teacher_parameters"] for r in done)
     lines += ["", (f"Goals over {len(done)} seed(s): teacher ≥ best branch in {teacher_ok}; student within 1 point "
@@ -156,13 +202,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--teacher-lr", type=float, default=0.0, help="teacher-stage lr (default: the config's)")
     parser.add_argument("--tag", default=None, help="name of this recipe's distill runs (default: from the options)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--control", action="store_true",
+                        help="teacher stage only, with the residual branch alone (no fusion partner)")
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args(argv)
     args.residual = args.residual or DATASETS[args.dataset]["residual"]
     if args.residual not in (*BRANCHES, "none"):
         parser.error(f"--residual must be one of {', '.join(BRANCHES)} or none, got {args.residual!r}")
+    if args.control and args.residual == "none":
+        parser.error("--control needs a residual branch (it keeps that branch alone)")
     args.tag = args.tag or "-".join(
-        [f"res-{args.residual}"] + [f"{k}{v}" for k, v in (("t", args.teacher_steps), ("s", args.student_steps),
+        [f"{'control' if args.control else 'res'}-{args.residual}"] + [f"{k}{v}" for k, v in (("t", args.teacher_steps), ("s", args.student_steps),
                                                            ("lr", args.teacher_lr)) if v])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
