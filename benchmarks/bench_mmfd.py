@@ -7,7 +7,8 @@ is held out; see shared/data.md):
 1. branch ``cnn`` (unet + cnn encoder) and branch ``swin`` (unet + swin encoder) are
    trained and saved as flemme checkpoints;
 2. a ``distill`` model is built whose teacher is an ``mmfd`` encoder over both checkpoints
-   (frozen; LoRA on the swin attention), fused with ``share_token``, under a unet decoder,
+   (frozen; LoRA on the swin attention), fused with ``share_token``, under a unet decoder
+   (by default refining the cnn branch: residual fusion, decoder from its checkpoint),
    and whose student is a small cnn; stage ``teacher`` then stage ``student`` are trained
    through the architecture contract (training_stages / begin_stage / training_loss);
 3. every model is measured the same way (:mod:`flemme_mmfd.report`): parameters, CPU
@@ -64,20 +65,24 @@ def sampler(items: list[dict], patch: int, batch: int, seed: int):
                "label": torch.as_tensor(np.stack(ys)).long()}
 
 
-def fit(model, batches, steps: dict[str, int], lr: float, log_every: int = 50) -> dict[str, float]:
-    """For each stage: begin_stage, AdamW on what requires grad, cosine decay; returns seconds per stage."""
+def fit(model, batches, steps: dict[str, int], lr: float | dict[str, float],
+        log_every: int = 50) -> dict[str, float]:
+    """For each stage: begin_stage, AdamW on what requires grad, cosine decay; returns seconds per stage.
+    ``lr`` may differ per stage (a teacher that starts from a trained branch is fine-tuned)."""
+    lrs = lr if isinstance(lr, dict) else {}
     criterion = build_loss(model.default_loss, model.config.out_channels, model.config.dims)
     seconds = {}
     for stage in model.training_stages():
         model.begin_stage(stage)
         params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+        base = lrs.get(stage, lrs.get("main", lr)) if lrs else lr
+        opt = torch.optim.AdamW(params, lr=base, weight_decay=1e-4)
         n = steps.get(stage, steps.get("main", 0))
         model.train()
         start = time.perf_counter()
         for step in range(n):
             for group in opt.param_groups:
-                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / max(n, 1)))
+                group["lr"] = base * 0.5 * (1 + math.cos(math.pi * step / max(n, 1)))
             loss, logs = model.training_loss(next(batches), criterion)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -100,7 +105,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="training threads")
     ap.add_argument("--time-threads", type=int, default=1, help="threads for the CPU timing")
     ap.add_argument("--fusion", default="share_token")
-    ap.add_argument("--anchor", default="swin", help="finest | coarsest | cnn | swin | a stride")
+    ap.add_argument("--residual", default="cnn",
+                    help="branch the teacher refines (residual fusion + decoder from its checkpoint, as "
+                         "configs/distill-stardist.yaml); none: fusion and decoder from scratch on --anchor")
+    ap.add_argument("--teacher-lr", type=float, default=5e-4, help="teacher-stage lr with --residual")
+    ap.add_argument("--anchor", default="swin", help="with --residual none: finest | coarsest | cnn | swin | a stride")
     ap.add_argument("--reuse", action="store_true", help="reuse branch checkpoints already in --out")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -128,7 +137,9 @@ def main() -> None:
         paths[name] = str(path)
 
     anchor = int(args.anchor) if args.anchor.isdigit() else args.anchor
-    teacher = {"name": "mmfd", "fusion": args.fusion, "anchor": anchor, "channels": [32, 64, 128, 256],
+    grid = ({"anchor": anchor, "channels": [32, 64, 128, 256]} if args.residual == "none" else
+            {"residual": args.residual})
+    teacher = {"name": "mmfd", "fusion": args.fusion, **grid,
                "branches": [
                    {"id": "cnn", "checkpoint": paths["cnn"], "freeze": True},
                    {"id": "swin", "checkpoint": paths["swin"], "freeze": True,
@@ -136,11 +147,14 @@ def main() -> None:
                "fusion_options": {"num_tokens": 32, "depth": 2} if args.fusion == "share_token" else {}}
     config = {"arch": "distill", "image_size": size, "encoder": STUDENT,
               "arch_options": {"teacher": teacher, "feature_weight": 10.0, "logit_weight": 1.0, "temperature": 2.0}}
+    if args.residual != "none":
+        config["arch_options"]["teacher_init"] = args.residual
     torch.manual_seed(7)
     model = build_model(config)
     print("distill: teacher stage, then student stage", flush=True)
     timings["distill"] = fit(model, sampler(splits.train, args.patch, args.batch, seed=7),
-                             {"teacher": args.steps, "student": args.steps}, args.lr)
+                             {"teacher": args.steps, "student": args.steps},
+                             {"teacher": args.lr if args.residual == "none" else args.teacher_lr, "main": args.lr})
     save_model(model, out / "distill.safetensors")
 
     rows = {"teacher": model.teacher, "student": model.student,
@@ -150,7 +164,8 @@ def main() -> None:
     table = format_report(report, args.time_threads)
     header = (f"stardist-nuclei-2d, held out: {splits.held_out_description}\n"
               f"{args.steps} steps per branch and per stage, batch {args.batch} of {args.patch}², "
-              f"fusion {args.fusion}, anchor {args.anchor}; "
+              f"fusion {args.fusion}, "
+              f"{f'anchor {args.anchor}' if args.residual == 'none' else f'teacher refines {args.residual}'}; "
               f"CPU ms = median batch-1 forward of a 256×256 image, {args.time_threads} thread(s)")
     print(header)
     print(table)
