@@ -44,7 +44,7 @@ def save_model(model, path: str | Path, extra: Mapping[str, Any] | None = None) 
 
     metadata = {
         "format": FORMAT,
-        "flemme.config": model.config.to_json(),
+        "flemme.config": model.standalone_config().to_json(),
         "flemme.encoder_resolved": json.dumps(
             {k: getattr(model.encoder.config, k) for k in ("name", "channels", "num_blocks", "patch_size",
                                                            "norm", "act", "dropout", "drop_path", "options")},

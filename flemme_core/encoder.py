@@ -138,6 +138,13 @@ class Encoder(nn.Module):
         encoder's branch families and strategy); checkpoints record their plugins."""
         return []
 
+    def standalone_config(self) -> dict[str, Any] | None:
+        """The encoder config (as a ``model.encoder`` mapping) that rebuilds this structure
+        without reading any file, for checkpoints; ``None``: the config as given does. An
+        encoder initialised from files (a fusion branch's checkpoint) inlines what it read
+        from them and drops the paths: the checkpoint holds the weights."""
+        return None
+
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> list[torch.Tensor]:
         raise NotImplementedError
 

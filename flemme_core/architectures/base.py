@@ -98,6 +98,16 @@ class Architecture(nn.Module):
         (a student encoder, a fusion); checkpoints record their plugins."""
         return []
 
+    def standalone_config(self) -> ModelConfig:
+        """The config a checkpoint stores: it rebuilds this model from the checkpoint alone
+        (weights named only to initialise a part, e.g. a fusion branch's checkpoint, are not
+        needed once the checkpoint holds them). Architectures with such options override it."""
+        from ..config import encoder_config_from_dict
+
+        encoder = getattr(self, "encoder", None)
+        spec = encoder.standalone_config() if isinstance(encoder, Encoder) else None
+        return self.config if spec is None else dataclasses.replace(self.config, encoder=encoder_config_from_dict(spec))
+
     def summary_extra(self) -> dict[str, Any]:
         """Architecture-specific facts for the build summary."""
         return {}

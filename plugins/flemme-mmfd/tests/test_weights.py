@@ -173,3 +173,56 @@ def test_readme_key_map_loads_a_sam_style_vit(tmp_path):
     assert enc.branches[0].report.ok
     for k, v in source.state_dict().items():
         assert torch.equal(enc.branches[0].encoder.state_dict()[k], v)
+
+
+def _paths_in(value) -> list[str]:
+    """Every string in a JSON-like value that names a .safetensors file."""
+    if isinstance(value, dict):
+        return [p for v in value.values() for p in _paths_in(v)]
+    if isinstance(value, list):
+        return [p for v in value for p in _paths_in(v)]
+    return [value] if isinstance(value, str) and value.endswith(".safetensors") else []
+
+
+def test_checkpoints_load_without_the_files_their_branches_came_from(tmp_path):
+    """A saved fusion model or distillation is self-contained: the branch checkpoint, the
+    foreign weights and a teacher checkpoint only initialise; deleting them after saving
+    must not stop the checkpoint from loading (e.g. on another machine)."""
+    from flemme_core.checkpoint import read_metadata
+
+    trained = build_model({"arch": "unet", "image_size": [32, 32], "encoder": CNN})
+    branch_ckpt = save_model(trained, tmp_path / "branch.safetensors")
+    foreign = tmp_path / "foreign.safetensors"
+    save_file(foreign_state(cnn_encoder()), str(foreign))
+    teacher = {"name": "mmfd", "residual": "main", "branches": [
+        {"id": "main", "checkpoint": str(branch_ckpt), "freeze": True, "lora": {"targets": ["conv"], "rank": 2}},
+        {**CNN, "id": "ext", "weights": str(foreign), "prefix": "backbone.", "key_map": [["^blocks\\.", "stages."]],
+         "normalize": "zscore"}]}
+    student = {"name": "cnn", "channels": [4, 8], "norm": "group"}
+    distill = build_model({"arch": "distill", "image_size": [32, 32], "encoder": student,
+                           "arch_options": {"teacher": teacher, "teacher_init": "main"}})
+    fused = build_model({"arch": "unet", "image_size": [32, 32], "encoder": teacher})
+    teacher_ckpt = save_model(distill.teacher, tmp_path / "teacher.safetensors")
+    from_teacher = build_model({"arch": "distill", "image_size": [32, 32], "encoder": student,
+                                "arch_options": {"teacher_checkpoint": str(teacher_ckpt)}})
+    models = {"distill": distill, "fused": fused, "from_teacher": from_teacher}
+    for m in models.values():
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+    saved = {name: save_model(m, tmp_path / "out" / f"{name}.safetensors") for name, m in models.items()}
+    for path in (branch_ckpt, foreign, teacher_ckpt):
+        path.unlink()
+    x = torch.randn(2, 1, 32, 32)
+    for name, path in saved.items():
+        config = read_metadata(path)["config"]
+        assert _paths_in(config) == [], name
+        loaded = load_model(path)
+        loaded.eval(), models[name].eval()
+        assert torch.allclose(loaded.predict(x), models[name].predict(x), atol=1e-6), name
+        if name != "fused":
+            assert torch.allclose(loaded.teacher.predict(x), models[name].teacher.predict(x), atol=1e-6), name
+    stages = lambda name: read_metadata(saved[name])["config"]["arch_options"]["stages"]
+    assert stages("distill") == ["teacher", "student"] and stages("from_teacher") == ["student"]
+    branches = read_metadata(saved["fused"])["config"]["encoder"]["options"]["branches"]
+    assert branches[0]["freeze"] is True and branches[0]["lora"]["rank"] == 2 and branches[1]["normalize"] == "zscore"

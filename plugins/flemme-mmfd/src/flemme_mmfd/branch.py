@@ -14,7 +14,7 @@ from flemme_core.errors import ConfigError
 
 from .align import InputAdapter
 from .lora import add_lora
-from .options import BRANCH_KEYS, BranchOptions, branch_encoder_config
+from .options import BRANCH_KEYS, FILE_KEYS, BranchOptions, branch_encoder_config
 from .weights import LoadReport, load_into, read_safetensors, remap_keys
 
 
@@ -52,6 +52,7 @@ class Branch(nn.Module):
                                   context_dim=parent.context_dim)
         self.id = opts.id or cfg.name
         self.family = cfg.name
+        self.opts, self.family_config, self.in_channels = opts, cfg, in_channels
         try:
             self.encoder = build_encoder(cfg)
         except ConfigError as exc:
@@ -92,6 +93,14 @@ class Branch(nn.Module):
                 raise ConfigError(f"branch {self.id} levels {levels} out of range: it has {n} levels")
             self.levels = sorted({i % n for i in levels})
         self.align = opts.align
+
+    def standalone_spec(self) -> dict[str, Any]:
+        """This branch's entry with the family config it read from its checkpoint inlined and
+        no file paths: the structure without the files (a checkpoint holds the weights)."""
+        fusion = {k: v for k, v in dataclasses.asdict(self.opts).items() if k not in FILE_KEYS and v is not None}
+        cfg = self.family_config
+        family = {k: getattr(cfg, k) for k in EncoderConfig.USER_KEYS if getattr(cfg, k) is not None}
+        return {**family, "options": dict(cfg.options), **fusion, "id": self.id, "in_channels": self.in_channels}
 
     @property
     def channels(self) -> list[int]:

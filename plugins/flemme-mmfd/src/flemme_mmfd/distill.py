@@ -305,6 +305,21 @@ class Distill(Architecture):
             out += getattr(enc, "components", list)()
         return list(dict.fromkeys(out))
 
+    def standalone_config(self) -> ModelConfig:
+        """Rebuildable from the checkpoint alone: the teacher inlined (its branches' and a
+        teacher checkpoint's files are only initialisations), ``teacher_init`` dropped and the
+        stages kept explicit (a teacher checkpoint meant "student only")."""
+        opts: DistillOptions = self.options
+        out = dict(self.config.arch_options)
+        out.pop("teacher_init", None)
+        out["stages"] = self.training_stages()
+        teacher = self.teacher.standalone_config()
+        same_inner = teacher.arch == opts.inner and dict(teacher.arch_options or {}) == dict(opts.inner_options)
+        if opts.teacher_checkpoint is None or same_inner:
+            out.pop("teacher_checkpoint", None)
+            out["teacher"] = teacher.to_dict()["encoder"]
+        return dataclasses.replace(super().standalone_config(), arch_options=out)
+
     def summary_extra(self) -> dict[str, Any]:
         count = lambda m: sum(p.numel() for p in m.parameters())
         return {"stages": self.training_stages(), "teacher_parameters": count(self.teacher),

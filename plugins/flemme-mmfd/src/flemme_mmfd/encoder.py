@@ -47,7 +47,7 @@ class FusionEncoder(Encoder):
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
         opts = parse_options(FusionEncoderOptions, cfg.options, "model.encoder (mmfd options)")
-        self.options = opts
+        self.options, self.given = opts, cfg
         self.dims, self.in_channels = cfg.dims, cfg.in_channels
         self.branches = nn.ModuleList(Branch(i, *split_branch(spec, i), cfg) for i, spec in enumerate(opts.branches))
         ids = [b.id for b in self.branches]
@@ -187,6 +187,12 @@ class FusionEncoder(Encoder):
     def components(self) -> list[tuple[str, str]]:
         """Registered components this encoder is made of (branch families and the fusion)."""
         return [("encoder", b.family) for b in self.branches] + [("fusion", self.fusion_name)]
+
+    def standalone_config(self) -> dict[str, Any]:
+        """The given config with every branch inlined (no checkpoint or weights paths)."""
+        cfg = self.given
+        spec = {k: getattr(cfg, k) for k in EncoderConfig.USER_KEYS if getattr(cfg, k) is not None}
+        return {**spec, "options": {**cfg.options, "branches": [b.standalone_spec() for b in self.branches]}}
 
     def load_reports(self) -> dict[str, str]:
         return {b.id: b.report.summary() for b in self.branches if b.report is not None}

@@ -76,6 +76,8 @@ class BranchOptions:
 
 
 BRANCH_KEYS = [f.name for f in dataclasses.fields(BranchOptions)]
+#: keys that only say where initial weights come from (not part of the built structure).
+FILE_KEYS = ("checkpoint", "weights", "key_map", "prefix", "strict")
 
 
 @dataclasses.dataclass
