@@ -46,6 +46,25 @@ def test_mixed_grids_and_widths_align_and_fuse(dims, size, fusion):
             assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in aligner.parameters())
 
 
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_residual_branch_passes_through_until_its_scales_move(dims, fusion):
+    """residual: the fused levels are the branch's own features at first (zero scales), on the
+    branch's grid and widths, with the other branches resampled onto it once the scales move."""
+    branches = [probe(8, 96, id="mid"), {"name": "cnn", "id": "main", "channels": [8, 16, 24], "norm": "group"},
+                probe(16, 768, id="coarse")]
+    enc = fused(dims, 32, branches, residual="main", fusion=fusion, fusion_options=SMALL_TOKENS.get(fusion, {}))
+    main = enc.branches[1].encoder
+    assert enc.feature_strides == main.feature_strides and enc.feature_channels == main.feature_channels
+    x = torch.randn(2, 1, *[32] * dims)
+    for got, own in zip(enc(x), main(x)):
+        assert torch.equal(got, own)
+    with torch.no_grad():
+        for scale in enc.residual_scales:
+            scale.fill_(0.5)
+    assert all(not torch.allclose(got, own) for got, own in zip(enc(x), main(x)))
+
+
 @pytest.mark.parametrize("anchor,strides", [("finest", [4, 8, 16]), ("coarsest", [16]), ("mid", [8, 16]),
                                             (2, [2, 4, 8, 16])])
 def test_anchor_grid_is_chosen_by_config(anchor, strides):
