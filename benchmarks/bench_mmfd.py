@@ -65,17 +65,16 @@ def sampler(items: list[dict], patch: int, batch: int, seed: int):
                "label": torch.as_tensor(np.stack(ys)).long()}
 
 
-def fit(model, batches, steps: dict[str, int], lr: float | dict[str, float],
+def fit(model, batches, steps: dict[str, int], lr: float, stage_lr: dict[str, float] | None = None,
         log_every: int = 50) -> dict[str, float]:
     """For each stage: begin_stage, AdamW on what requires grad, cosine decay; returns seconds per stage.
-    ``lr`` may differ per stage (a teacher that starts from a trained branch is fine-tuned)."""
-    lrs = lr if isinstance(lr, dict) else {}
+    ``stage_lr`` overrides ``lr`` per stage (a teacher that starts from a trained branch is fine-tuned)."""
     criterion = build_loss(model.default_loss, model.config.out_channels, model.config.dims)
     seconds = {}
     for stage in model.training_stages():
         model.begin_stage(stage)
         params = [p for p in model.parameters() if p.requires_grad]
-        base = lrs.get(stage, lrs.get("main", lr)) if lrs else lr
+        base = (stage_lr or {}).get(stage, lr)
         opt = torch.optim.AdamW(params, lr=base, weight_decay=1e-4)
         n = steps.get(stage, steps.get("main", 0))
         model.train()
@@ -153,8 +152,8 @@ def main() -> None:
     model = build_model(config)
     print("distill: teacher stage, then student stage", flush=True)
     timings["distill"] = fit(model, sampler(splits.train, args.patch, args.batch, seed=7),
-                             {"teacher": args.steps, "student": args.steps},
-                             {"teacher": args.lr if args.residual == "none" else args.teacher_lr, "main": args.lr})
+                             {"teacher": args.steps, "student": args.steps}, args.lr,
+                             None if args.residual == "none" else {"teacher": args.teacher_lr})
     save_model(model, out / "distill.safetensors")
 
     rows = {"teacher": model.teacher, "student": model.student,

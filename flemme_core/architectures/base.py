@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..config import ModelConfig, parse_options
+from ..config import ModelConfig, encoder_config_from_dict, parse_options
 from ..encoder import Encoder
 
 Batch = Mapping[str, Any]
@@ -102,8 +102,6 @@ class Architecture(nn.Module):
         """The config a checkpoint stores: it rebuilds this model from the checkpoint alone
         (weights named only to initialise a part, e.g. a fusion branch's checkpoint, are not
         needed once the checkpoint holds them). Architectures with such options override it."""
-        from ..config import encoder_config_from_dict
-
         encoder = getattr(self, "encoder", None)
         spec = encoder.standalone_config() if isinstance(encoder, Encoder) else None
         return self.config if spec is None else dataclasses.replace(self.config, encoder=encoder_config_from_dict(spec))

@@ -30,11 +30,13 @@ class Branch(nn.Module):
         from flemme_core.build import build_encoder
 
         base, ckpt_in = None, None
+        self.source_arch: str | None = None  # the architecture of the checkpoint (its decoder can seed one)
         if opts.checkpoint:
             from flemme_core.checkpoint import read_metadata
 
             meta = read_metadata(opts.checkpoint)
             base, ckpt_in = meta["config"]["encoder"], meta["config"].get("in_channels")
+            self.source_arch = meta["config"]["arch"]
             if meta["config"].get("dims", parent.dims) != parent.dims:
                 raise ConfigError(f"branch {index}: checkpoint {opts.checkpoint!r} is a "
                                   f"{meta['config']['dims']}D model but this model is {parent.dims}D")
@@ -63,11 +65,10 @@ class Branch(nn.Module):
                               f"{in_channels} channels")
         self.adapter = InputAdapter(opts.normalize, parent.in_channels, in_channels, opts.input_size)
         self.report: LoadReport | None = None
-        self.checkpoint = opts.checkpoint  # a flemme model this branch came from (its decoder can seed one)
         path = opts.checkpoint or opts.weights
         if path:
-            tensors, _ = read_safetensors(path)
             prefix = opts.prefix if opts.prefix is not None else ("encoder." if opts.checkpoint else None)
+            tensors, _ = read_safetensors(path, (lambda k: k.startswith(prefix)) if prefix else None)
             state = remap_keys(tensors, opts.key_map, prefix)
             self.report = load_into(self.encoder, state, f"branch {self.id} <- {path}", strict=opts.strict)
         self.frozen = bool(opts.freeze)

@@ -201,19 +201,16 @@ class Distill(Architecture):
             raise ConfigError(f"model.arch_options.teacher_init names a branch of an mmfd teacher, but the teacher "
                               f"encoder is {self.teacher.config.encoder.name!r}")
         branch = encoder._branch(branch_id)
-        if not branch.checkpoint:
+        path = branch.opts.checkpoint
+        if not path:
             raise ConfigError(f"teacher_init: branch {branch.id!r} has no checkpoint (a flemme model) to take a "
                               f"decoder from; give it checkpoint: path/to/best.safetensors")
-        from flemme_core.checkpoint import read_metadata
-
-        arch = read_metadata(branch.checkpoint)["config"]["arch"]
-        if arch != inner:
-            raise ConfigError(f"teacher_init: branch {branch.id!r} was trained as {arch!r} but the teacher is "
-                              f"{inner!r}; set inner: {arch} or train the branch as {inner}")
-        tensors, _ = read_safetensors(branch.checkpoint)
+        if branch.source_arch != inner:
+            raise ConfigError(f"teacher_init: branch {branch.id!r} was trained as {branch.source_arch!r} but the "
+                              f"teacher is {inner!r}; set inner: {branch.source_arch} or train the branch as {inner}")
+        tensors, _ = read_safetensors(path, lambda k: not k.startswith("encoder."))  # the branch read the rest
         rest = nn.ModuleDict({n: m for n, m in self.teacher.named_children() if n != "encoder"})
-        load_into(rest, {k: v for k, v in tensors.items() if not k.startswith("encoder.")},
-                  f"teacher decoder <- {branch.checkpoint}", hint="the fused widths and strides must be the "
+        load_into(rest, tensors, f"teacher decoder <- {path}", hint="the fused widths and strides must be the "
                   f"branch's: set residual: {branch.id} (or channels to {branch.channels}) and decoder_family: "
                   f"{branch.id}")
 

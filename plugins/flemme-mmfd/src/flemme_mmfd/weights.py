@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -123,8 +123,10 @@ def load_into(module: nn.Module, state: Mapping[str, torch.Tensor], source: str,
     return report
 
 
-def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """All tensors and the metadata of a local safetensors file (one-line errors)."""
+def read_safetensors(path: str | Path, keep: Callable[[str], bool] | None = None
+                     ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors (those whose key ``keep`` accepts; all by default) and the metadata of a
+    local safetensors file (one-line errors). Tensors not kept are never read."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -133,7 +135,7 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - not a dict
+            tensors = {k: fh.get_tensor(k) for k in fh.keys() if keep is None or keep(k)}  # noqa: SIM118
     except Exception as exc:  # noqa: BLE001 - any parse failure is a corrupt file to the user
         raise CheckpointError(f"{str(path)!r} is not a readable safetensors file: "
                               f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
