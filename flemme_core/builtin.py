@@ -32,6 +32,15 @@ def register_losses(register) -> None:
 
 
 @hookimpl
+def register_commands(register) -> None:
+    """The core's newer commands, each in its own module under ``flemme_core.commands``.
+
+    e.g. ``register("compare", "flemme_core.commands.compare:compare", "...")``; the older
+    commands (build, list, train, ...) are attached to the click group in ``cli.py``.
+    """
+
+
+@hookimpl
 def register_datasets(register) -> None:
     try:
         from .data.catalog import register_presets

@@ -17,7 +17,12 @@ from .errors import FlemmeError
 
 
 class FlemmeGroup(click.Group):
-    """Turns user mistakes into one line on stderr and a non-zero exit, no traceback."""
+    """The ``flemme`` group: core commands plus lazily registered ones (``register_commands``).
+
+    Turns user mistakes into one line on stderr and a non-zero exit, no traceback.
+    Registered commands are listed from their registration (name, description,
+    distribution) and their module is imported only when the command is resolved to run.
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -26,11 +31,59 @@ class FlemmeGroup(click.Group):
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(exc.exit_code)
 
+    @staticmethod
+    def _registered() -> dict[str, Any]:
+        from .registry import get_registry
+
+        return get_registry().components("command")
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(self.commands) | set(self._registered()))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.commands:
+            return self.commands[cmd_name]
+        component = self._registered().get(cmd_name)
+        if component is None:
+            return None
+        from .commands import load_command
+
+        return load_command(component)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Like click's, but registered commands are described without importing them."""
+        from .registry import CORE_PROVIDER_NAME
+
+        registered = self._registered()
+        rows = []
+        for name in self.list_commands(ctx):
+            if name in self.commands:
+                cmd = self.commands[name]
+                if cmd.hidden:
+                    continue
+                rows.append((name, cmd.get_short_help_str(formatter.width - 6 - len(name))))
+            else:
+                comp = registered[name]
+                where = "" if comp.provider.name == CORE_PROVIDER_NAME else f"  [{comp.provider.name}]"
+                rows.append((name, (comp.description or "") + where))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
 
 @click.group(cls=FlemmeGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="flemme-core", prog_name="flemme")
 def main() -> None:
     """flemme: build, train and compare any encoder family in any architecture (2D/3D medical images)."""
+
+
+def shadowed_commands() -> list[str]:
+    """Registered commands that a core command of the same name hides (the core's wins)."""
+    from .registry import get_registry
+
+    return [f"command {c.name!r} from {c.provider} is hidden by the core command of that name; "
+            f"rename it in {c.provider.name}"
+            for c in get_registry().components("command").values() if c.name in main.commands]
 
 
 # ---------------------------------------------------------------------------------
@@ -50,7 +103,7 @@ def list_components(kind: str | None, pattern: str, as_json: bool) -> None:
     registry = get_registry()
     kinds = [kind_from_plural(kind)] if kind else list(KINDS)
     rows = [c for k in kinds for c in registry.components(k).values() if fnmatch.fnmatch(c.name, pattern)]
-    problems = registry.problems()
+    problems = registry.problems() + shadowed_commands()
     if as_json:
         click.echo(json.dumps({
             "components": [{"kind": c.kind, "name": c.name, "description": c.description,
@@ -93,6 +146,8 @@ def list_plugins(requirements: bool) -> None:
         click.echo(f"{rec.provider.name:<20} {rec.provider.version:<10} ok      {where}")
     for rec in failed:
         click.echo(f"{rec.provider.name:<20} {rec.provider.version:<10} FAILED  {rec.error}")
+    for line in [c.message() for c in registry.conflicts] + shadowed_commands():
+        click.secho(f"problem: {line}", fg="yellow", err=True)
 
 
 # ---------------------------------------------------------------------------------

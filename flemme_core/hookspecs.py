@@ -70,3 +70,30 @@ def register_datasets(register) -> None:
     The factory is called as ``factory(**options) -> DatasetSplits`` with the
     training and held-out items; it must not download anything.
     """
+
+
+@hookspec
+def register_commands(register) -> None:
+    """Register ``flemme`` subcommands.
+
+        register(name, "module:click_command_attr", description="one line")
+
+    ``name`` is the subcommand (``flemme <name>``); the factory string names a
+    :class:`click.Command` (or group) that is imported only when that subcommand runs, so
+    ``flemme --help`` lists every command with its distribution (from the description given
+    here) without importing the command's module. The command's module may import torch
+    freely inside the command, but should keep its own top level import-cheap.
+
+    Contract:
+
+    * a name already taken by a core command, or by another distribution, is a conflict
+      reported by ``flemme list`` / ``flemme plugins``; the core's command wins;
+    * a module that fails to import, or an attribute that is not a ``click.Command``,
+      fails as one ``Error:`` line naming the distribution when the command is run;
+    * raise :class:`flemme_core.FlemmeError` (or a subclass) for user mistakes: one
+      ``Error:`` line, non-zero exit; any other exception escaping the command is reported
+      as ``Error: error in plugin <distribution>: ...`` in one line (``FLEMME_DEBUG=1``
+      shows the traceback).
+
+    The core registers its own newer commands through this hook too (``flemme_core/builtin.py``).
+    """

@@ -38,9 +38,10 @@ KINDS = {
     "loss": "register_losses",
     "fusion": "register_fusions",
     "dataset": "register_datasets",
+    "command": "register_commands",
 }
 PLURAL = {"encoders": "encoder", "architectures": "architecture", "losses": "loss",
-          "fusions": "fusion", "datasets": "dataset"}
+          "fusions": "fusion", "datasets": "dataset", "commands": "command"}
 
 
 @dataclass(frozen=True)
@@ -142,10 +143,15 @@ class Registry:
         wanted = _env_list("FLEMME_PLUGINS")
         disabled = _env_list("FLEMME_DISABLE_PLUGINS")
         seen: set[tuple[str, str]] = set()
+        # Only entry_points.txt is read for every distribution; the metadata (name, version)
+        # is parsed for flemme's distributions alone, which keeps `flemme --help` cheap.
         for dist in importlib_metadata.distributions():
+            eps = [ep for ep in dist.entry_points if ep.group == ENTRY_POINT_GROUP]
+            if not eps:
+                continue
             dist_name = dist.metadata["Name"] or "?"
-            for ep in dist.entry_points:
-                if ep.group != ENTRY_POINT_GROUP or (dist_name, ep.name) in seen:
+            for ep in eps:
+                if (dist_name, ep.name) in seen:
                     continue
                 seen.add((dist_name, ep.name))
                 if _matches(disabled, ep.name, dist_name):
