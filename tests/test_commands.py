@@ -87,8 +87,8 @@ def test_core_command_wins_over_a_plugin_of_the_same_name(toy_commands):
 
 @pytest.mark.parametrize("name, message", [
     ("broken", "Error: command 'broken' from toy-commands could not be loaded (flemme_no_such_module_xyz:cmd)"),
-    ("notcmd", "Error: command 'notcmd' from toy-commands: flemme_toy_commands_mod:not_a_command is a int, "
-               "not a click.Command"),
+    ("notcmd", ("Error: command 'notcmd' from toy-commands: flemme_toy_commands_mod:not_a_command is a int, "
+                "not a click.Command")),
     ("boom", "Error: error in plugin toy-commands: RuntimeError: the plugin's own bug"),
     ("mistake", "Error: bad value for x; use 1"),
 ])

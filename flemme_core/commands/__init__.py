@@ -45,7 +45,7 @@ def load_command(component: Any) -> click.Command:
             return original(ctx)
         except (FlemmeError, click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
             raise
-        except Exception as exc:  # noqa: BLE001 - a plugin's bug, named after the plugin
+        except Exception as exc:  # a plugin's bug, named after the plugin
             if debug():
                 raise
             raise plugin_error(component.provider.name, exc) from exc
