@@ -71,10 +71,33 @@ class BlockFamily:
     name: ClassVar[str] = "family"
     Options: ClassVar[type] = dataclasses.make_dataclass("NoOptions", [])
     defaults: ClassVar[dict[str, Any]] = {}
+    # The token mixers this family can build, its own first (e.g. ("attention", "identity")).
+    # A family that lists "identity" opts into the mixer ablation: ``mixer: identity`` keeps
+    # every other part of its blocks and replaces the mixer by the identity (see
+    # flemme_core.ablation.check_identity_mixer). Empty: the family has no ``mixer`` key.
+    mixers: ClassVar[tuple[str, ...]] = ()
+    # A regular expression matching the names of the mixer's own parameters (searched in
+    # full parameter names); what ``mixer: identity`` removes, and nothing else.
+    mixer_parameters: ClassVar[str] = ""
 
     def __init__(self, cfg: EncoderConfig):
         self.cfg = cfg
-        self.options = parse_options(self.Options, cfg.options, f"model.encoder ({cfg.name} options)")
+        options = dict(cfg.options)
+        self.mixer = self._resolve_mixer(options.pop("mixer", None))
+        self.options = parse_options(self.Options, options, f"model.encoder ({cfg.name} options)")
+
+    def _resolve_mixer(self, value: Any) -> str | None:
+        """The ``mixer`` key: one of :attr:`mixers` (default the first); refused in one line
+        by a family without mixers or without the asked one."""
+        if value is None:
+            return self.mixers[0] if self.mixers else None
+        if not self.mixers:
+            raise ConfigError(f"model.encoder.mixer: the {self.cfg.name!r} family has no token mixer to replace; "
+                              f"mixer: {value} is for token families that declare it (vit, swin, mamba)")
+        if value not in self.mixers:
+            raise ConfigError(f"model.encoder.mixer: the {self.cfg.name!r} family does not support mixer: {value}; "
+                              f"it builds {' or '.join(map(str, self.mixers))}")
+        return str(value)
 
     @property
     def dims(self) -> int:

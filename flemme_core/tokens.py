@@ -6,11 +6,17 @@ channels-first tensors but works on tokens inside, and returns its result as a *
 of channels-last memory (``movedim(-1, 1)``), so the next module's ``movedim(1, -1)``
 is free and a whole encoder/decoder pays for no layout copies; ``torch.cat`` of two
 such views on the channel axis (the decoder's skip concatenation) stays channels-last.
+
+:class:`TokenFamily` is the one block family of every token family: patch stem, stages
+of token blocks, patch merging down and patch expansion up. A family subclasses it and
+writes only :meth:`TokenFamily.block` (its mixer and block); ``vit``, ``swin`` and
+``mamba`` do.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +24,8 @@ from monai.networks.blocks import MLPBlock
 from torch import nn
 
 from . import layers
+from .config import EncoderConfig, choice
+from .encoder import BlockFamily
 
 
 def to_tokens(x: torch.Tensor) -> torch.Tensor:
@@ -208,3 +216,60 @@ def mlp(width: int, ratio: float, dropout: float, act: str) -> nn.Module:
     block = TokenMLP(width, max(1, int(width * ratio)), dropout, act="GELU", dropout_mode="vit")
     block.fn = layers.act(act)
     return block
+
+
+class TokenFamily(BlockFamily):
+    """The builders of a token family; subclasses write :meth:`block` (and declare ``mixers``).
+
+    * ``stem``: :class:`PatchStem` (``patch_size`` conv, norm, the position grid of
+      :meth:`position_grid` if any);
+    * ``stage``: an optional Linear in->out, then ``num_blocks`` of :meth:`block`;
+    * ``down`` / ``up``: :class:`PatchMerging` / :class:`PatchExpansion`.
+
+    ``norms`` limits ``norm`` to names that make sense for the family (transformers
+    normalise over channels: ``("layer", "none")``); ``None`` accepts every flemme norm,
+    applied to tokens by :func:`token_norm`. ``self.mixer`` is the resolved ``mixer`` key
+    (``"identity"`` for the ablation when the family lists it in ``mixers``).
+    """
+
+    defaults: ClassVar[dict[str, Any]] = {"channels": [32, 64, 128, 256], "num_blocks": 2, "patch_size": 2,
+                                          "norm": "layer", "act": "gelu"}
+    norms: ClassVar[tuple[str, ...] | None] = None
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__(cfg)
+        if self.norms is not None:
+            choice(cfg.norm, self.norms, f"model.encoder.norm ({cfg.name} tokens are normalised over channels)")
+        else:
+            layers.norm(cfg.norm, cfg.dims, 8)  # unknown names -> ConfigError with close matches
+        layers.act(cfg.act)
+
+    @property
+    def identity_mixer(self) -> bool:
+        """Whether the blocks are built with the identity in place of their mixer."""
+        return self.mixer == "identity"
+
+    def block(self, width: int, drop_path: float, index: int) -> nn.Module:
+        """Block ``index`` of a stage: ``forward(tokens, context=None)`` on channels-last tokens
+        ``(B, *S, width)``, returning the same shape; injects the context if ``self.context_dim``."""
+        raise NotImplementedError
+
+    def position_grid(self, patch_size: int) -> list[int] | None:
+        """Size of a learned position grid added after the stem, or None (no positions)."""
+        return None
+
+    def stem(self, in_channels: int, out_channels: int, patch_size: int) -> nn.Module:
+        return PatchStem(self.dims, in_channels, out_channels, patch_size, self.cfg.norm,
+                         self.position_grid(patch_size))
+
+    def stage(self, in_channels: int, out_channels: int, num_blocks: int,
+              drop_path: Sequence[float] = ()) -> nn.Module:
+        rates = list(drop_path) or [0.0] * num_blocks
+        return TokenStage(in_channels, out_channels,
+                          [self.block(out_channels, rates[i], i) for i in range(num_blocks)])
+
+    def down(self, in_channels: int, out_channels: int, factor: int = 2) -> nn.Module:
+        return PatchMerging(self.dims, in_channels, out_channels, factor, self.cfg.norm)
+
+    def up(self, in_channels: int, out_channels: int, factor: int = 2) -> nn.Module:
+        return PatchExpansion(self.dims, in_channels, out_channels, factor, self.cfg.norm)

@@ -102,3 +102,72 @@ def test_fused_gelu_mlp_matches_autograd():
     g2 = torch.autograd.grad(ref.square().sum(), [x, *block.parameters()])
     for a, b_ in zip(g1, g2):
         torch.testing.assert_close(a, b_)
+
+
+# --- TokenFamily: the one set of token builders, and the mixer ablation contract --------------
+
+class _LinearMixerBlock(torch.nn.Module):
+    """t + mixer(norm(t)) + mlp(norm(t)); the mixer a Linear over channels (or the identity)."""
+
+    def __init__(self, width: int, identity: bool):
+        super().__init__()
+        self.norm = token_norm("layer", width)
+        self.mix = torch.nn.Identity() if identity else torch.nn.Linear(width, width)
+        self.mlp = mlp(width, 2.0, 0.0, "gelu")
+
+    def forward(self, t, context=None):
+        t = t + self.mix(self.norm(t))
+        return t + self.mlp(t)
+
+
+def _tiny_family(mixers, pattern=r"(^|\.)mix\."):
+    from flemme_core.tokens import TokenFamily
+
+    class Tiny(TokenFamily):
+        name = "tiny"
+
+        def block(self, width, drop_path, index):
+            return _LinearMixerBlock(width, self.identity_mixer)
+
+    Tiny.mixers, Tiny.mixer_parameters = mixers, pattern
+    return Tiny
+
+
+def _config(**options):
+    from flemme_core.config import EncoderConfig
+
+    return EncoderConfig(name="tiny", channels=[8, 16], num_blocks=1, dims=2, in_channels=1, image_size=[16, 16],
+                         options=options)
+
+
+def test_token_family_builds_stem_stages_merging_and_expansion():
+    from flemme_core.encoder import staged_encoder
+
+    enc = staged_encoder(_tiny_family(("linear", "identity")))(_config())
+    assert isinstance(enc.stem, PatchStem) and isinstance(enc.downs[0], PatchMerging)
+    assert isinstance(enc.stages[0], TokenStage) and enc.blocks.mixer == "linear"
+    assert isinstance(enc.blocks.up(16, 8), PatchExpansion)
+    assert [f.shape for f in enc(torch.randn(2, 1, 16, 16))] == [(2, 8, 8, 8), (2, 16, 4, 4)]
+
+
+def test_identity_mixer_contract_on_a_third_party_token_family():
+    from flemme_core.ablation import check_identity_mixer
+    from flemme_core.encoder import staged_encoder
+
+    result = check_identity_mixer(staged_encoder(_tiny_family(("linear", "identity"))), channels=[8, 16])
+    assert result["removed"] == sorted(f"stages.{i}.blocks.0.mix.{p}" for i in (0, 1) for p in ("bias", "weight"))
+    # a family whose pattern also claims non-mixer parameters is caught
+    with pytest.raises(AssertionError, match="mixer parameters remain"):
+        check_identity_mixer(staged_encoder(_tiny_family(("linear", "identity"), r"mix\.|norm\.")),
+                             channels=[8, 16])
+
+
+def test_a_family_that_does_not_opt_in_refuses_in_one_line():
+    from flemme_core.encoder import staged_encoder
+    from flemme_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^model.encoder.mixer: the 'tiny' family does not support mixer: "
+                                          r"identity; it builds linear$"):
+        staged_encoder(_tiny_family(("linear",)))(_config(mixer="identity"))
+    with pytest.raises(ConfigError, match="has no token mixer to replace"):
+        staged_encoder(_tiny_family(()))(_config(mixer="identity"))

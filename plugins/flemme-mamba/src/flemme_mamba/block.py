@@ -1,7 +1,8 @@
 """The VMamba block: x + SS(norm(x)), then x + MLP(norm(x)), each with drop-path.
 
-The mixer SS is Mamba's selective scan (:class:`~flemme_mamba.ssm.SelectiveScanND`) or
-Mamba-2's SSD (:class:`~flemme_mamba.ssd.SSDMixerND`); the block is the same.
+The mixer SS is Mamba's selective scan (:class:`~flemme_mamba.ssm.SelectiveScanND`),
+Mamba-2's SSD (:class:`~flemme_mamba.ssd.SSDMixerND`) or, for `mixer: identity`, the same
+projections and gate around no scan (:class:`~flemme_mamba.ssm.IdentityScanND`); the block is the same.
 
 The context vector (diffusion time, class) is injected as ``x·(1 + W_g c) + W_b c`` into
 the normalised input of the selective-scan branch of every block.

@@ -1,29 +1,32 @@
 """The ``mamba`` block family (VMamba / VMambaU): selective-scan blocks on every level.
 
-Patch embedding stem, :class:`~flemme_mamba.block.MambaBlock` stages, patch merging
-down and patch expansion up, in 2D and 3D; every architecture builds its decoder from
-the same blocks (a Mamba encoder gets a Mamba decoder).
+The core's :class:`~flemme_core.tokens.TokenFamily` builders (patch embedding stem,
+stages, patch merging down and patch expansion up, in 2D and 3D) around
+:class:`~flemme_mamba.block.MambaBlock`; every architecture builds its decoder from the
+same blocks (a Mamba encoder gets a Mamba decoder).
+
+``mixer: identity`` replaces the selective scan (or Mamba-2's SSD) by the identity and
+keeps everything else of the block: norms, in_proj, depthwise conv, gate, out_proj, MLP,
+context injection (:class:`~flemme_mamba.ssm.IdentityScanND`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from torch import nn
 
-from flemme_core import layers
 from flemme_core.config import EncoderConfig, choice
-from flemme_core.encoder import BlockFamily, StagedEncoder, staged_encoder
+from flemme_core.encoder import StagedEncoder, staged_encoder
 from flemme_core.errors import ConfigError
-from flemme_core.tokens import PatchExpansion, PatchMerging, PatchStem, TokenStage
+from flemme_core.tokens import TokenFamily
 
 from .block import MambaBlock
 from .directions import SCAN_MODES
 from .scan import BACKENDS, describe_backend
 from .ssd import SSDMixerND
-from .ssm import SelectiveScanND
+from .ssm import IdentityScanND, SelectiveScanND
 
 SSM_KINDS = ("mamba1", "mamba2")
 
@@ -64,44 +67,28 @@ class MambaOptions:
                               f"got {self.head_dim!r} and {self.chunk_size!r}")
 
 
-class MambaFamily(BlockFamily):
+class MambaFamily(TokenFamily):
     """VMamba blocks on channels-last tokens; patch merging / expansion between levels."""
 
     name = "mamba"
     Options = MambaOptions
-    defaults: ClassVar[dict[str, Any]] = {"channels": [32, 64, 128, 256], "num_blocks": 2, "patch_size": 2,
-                                          "norm": "layer", "act": "gelu"}
+    mixers: ClassVar[tuple[str, ...]] = ("scan", "identity")
+    mixer_parameters: ClassVar[str] = r"(^|\.)ssm\.(x_proj_weight|dt_projs_weight|dt_projs_bias|dt_bias|A_log|D)$"
 
-    def __init__(self, cfg: EncoderConfig):
-        super().__init__(cfg)
-        layers.norm(cfg.norm, cfg.dims, 8)  # unknown names -> ConfigError with close matches
-        layers.act(cfg.act)
-
-    def block(self, width: int, drop_path: float) -> MambaBlock:
+    def block(self, width: int, drop_path: float, index: int = 0) -> MambaBlock:
         o, c = self.options, self.cfg
-        if o.ssm == "mamba2":
-            mixer: nn.Module = SSDMixerND(self.dims, width, d_state=o.d_state, expand=o.expand, head_dim=o.head_dim,
-                                          d_conv=o.d_conv, scan=o.scan, chunk=o.chunk_size, dropout=c.dropout)
+        if self.identity_mixer:
+            mixer: nn.Module = IdentityScanND(self.dims, width, expand=o.expand, d_conv=o.d_conv, scan=o.scan,
+                                              dropout=c.dropout)
+        elif o.ssm == "mamba2":
+            mixer = SSDMixerND(self.dims, width, d_state=o.d_state, expand=o.expand, head_dim=o.head_dim,
+                               d_conv=o.d_conv, scan=o.scan, chunk=o.chunk_size, dropout=c.dropout)
         else:
             mixer = SelectiveScanND(self.dims, width, d_state=o.d_state, expand=o.expand,
                                     dt_rank=None if o.dt_rank == "auto" else o.dt_rank, d_conv=o.d_conv,
                                     scan=o.scan, dropout=c.dropout, backend=o.backend)
         return MambaBlock(self.dims, width, mixer, mlp_ratio=o.mlp_ratio, norm=c.norm, act=c.act,
                           dropout=c.dropout, drop_path=drop_path, context_dim=c.context_dim)
-
-    def stem(self, in_channels: int, out_channels: int, patch_size: int) -> nn.Module:
-        return PatchStem(self.dims, in_channels, out_channels, patch_size, self.cfg.norm)
-
-    def stage(self, in_channels: int, out_channels: int, num_blocks: int,
-              drop_path: Sequence[float] = ()) -> nn.Module:
-        rates = list(drop_path) or [0.0] * num_blocks
-        return TokenStage(in_channels, out_channels, [self.block(out_channels, rates[i]) for i in range(num_blocks)])
-
-    def down(self, in_channels: int, out_channels: int, factor: int = 2) -> nn.Module:
-        return PatchMerging(self.dims, in_channels, out_channels, factor, self.cfg.norm)
-
-    def up(self, in_channels: int, out_channels: int, factor: int = 2) -> nn.Module:
-        return PatchExpansion(self.dims, in_channels, out_channels, factor, self.cfg.norm)
 
 
 _staged = staged_encoder(MambaFamily)
@@ -111,8 +98,12 @@ def encoder(cfg: EncoderConfig) -> StagedEncoder:
     """The registered factory: the staged encoder, with the scan kernel it runs as ``backend``."""
     enc = _staged(cfg)
     options = enc.blocks.options
-    enc.backend = ("Mamba-2 SSD in PyTorch matrix products (CPU and CUDA)" if options.ssm == "mamba2"
-                   else describe_backend(options.backend))
+    if enc.blocks.identity_mixer:
+        enc.backend = "no scan (mixer: identity)"
+    elif options.ssm == "mamba2":
+        enc.backend = "Mamba-2 SSD in PyTorch matrix products (CPU and CUDA)"
+    else:
+        enc.backend = describe_backend(options.backend)
     return enc
 
 

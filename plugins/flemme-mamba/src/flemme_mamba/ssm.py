@@ -55,12 +55,15 @@ class DirectionalMixer(nn.Module):
         """``(B, K, inner, L)`` direction sequences -> scanned sequences of the same shape."""
         raise NotImplementedError
 
+    def mix(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, inner, *S)`` after the conv -> ``(B, inner, L)``: scan every direction, merge."""
+        return self.directions.merge(self.scan(self.directions.split(x)), x.shape[2:])
+
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         b, *spatial, _ = t.shape
         x, z = self.in_proj(t).chunk(2, dim=-1)
         x = F.silu(self.conv(x.movedim(-1, 1)))                      # (B, inner, *S)
-        y = self.scan(self.directions.split(x))                      # (B, K, inner, L)
-        y = self.directions.merge(y, spatial)                        # (B, inner, L)
+        y = self.mix(x)                                              # (B, inner, L)
         y = y.transpose(1, 2).reshape(b, *spatial, self.inner).to(t.dtype)
         y = self.out_norm(y) * F.silu(z)
         return self.dropout(self.out_proj(y))
@@ -94,3 +97,16 @@ class SelectiveScanND(DirectionalMixer):
             -torch.exp(self.A_log.float()), Bs, Cs, self.D.float(),
             delta_bias=self.dt_projs_bias.reshape(-1).float(), delta_softplus=True, backend=self.backend)
         return y.reshape(b, k, self.inner, length)
+
+
+class IdentityScanND(DirectionalMixer):
+    """``mixer: identity``: the selective scan (its directions, x/dt projections, A, D) is the
+    identity; in_proj, the depthwise conv + SiLU, LayerNorm, the SiLU(z) gate and out_proj
+    stay, with the same parameter names as :class:`SelectiveScanND` and :class:`SSDMixerND`.
+
+    The control of "nnU-Net Revisited" (Isensee et al., 2024), which asks whether the state
+    space model earns its cost: what remains is a gated depthwise-conv unit.
+    """
+
+    def mix(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(2)

@@ -28,7 +28,7 @@ from flemme_core.encoder import ContextInjection, staged_encoder
 from flemme_core.errors import ConfigError
 from flemme_core.tokens import mlp, token_norm
 
-from .tokens import TokenFamily, TokenOptions
+from .tokens import TokenOptions, TransformerFamily
 
 MASKED = -100.0  # additive logit for blocked pairs (finite: a fully blocked padding row stays finite)
 
@@ -114,18 +114,21 @@ def window_layout(size: tuple[int, ...], window: tuple[int, ...], shift: tuple[i
 
 
 class SwinBlock(nn.Module):
-    """x + W-MSA/SW-MSA(norm(x)); x + mlp(inject(norm(x), context)); channels-last tokens."""
+    """x + W-MSA/SW-MSA(norm(x)); x + mlp(inject(norm(x), context)); channels-last tokens.
+
+    With ``identity_mixer`` the window attention is the identity (``x + norm(x)``), all else stays."""
 
     def __init__(self, dims: int, width: int, heads: int, window: Sequence[int], shifted: bool, *,
                  mlp_ratio: float, qkv_bias: bool, dropout: float, attn_dropout: float, drop_path: float,
-                 norm: str, act: str, context_dim: int | None):
+                 norm: str, act: str, context_dim: int | None, identity_mixer: bool = False):
         super().__init__()
         self.dims = dims
         self.window = tuple(window)
         self.shift = tuple(w // 2 for w in window) if shifted else (0,) * dims
         self.norm1 = token_norm(norm, width)
-        self.attn = WindowAttention(width, heads, self.window, qkv_bias=qkv_bias, attn_drop=attn_dropout,
-                                    proj_drop=dropout, use_flash_attention=True)  # SDPA without autograd
+        self.attn: nn.Module = nn.Identity() if identity_mixer else WindowAttention(
+            width, heads, self.window, qkv_bias=qkv_bias, attn_drop=attn_dropout, proj_drop=dropout,
+            use_flash_attention=True)  # SDPA without autograd
         self.norm2 = token_norm(norm, width)
         self.mlp = mlp(width, mlp_ratio, dropout, act)
         self.context = ContextInjection(context_dim, width, channel_axis=-1) if context_dim else None
@@ -137,6 +140,8 @@ class SwinBlock(nn.Module):
 
     def attend(self, h: torch.Tensor) -> torch.Tensor:
         """The attention branch on normalised channels-last tokens ``(B, *S, C)``."""
+        if isinstance(self.attn, nn.Identity):  # mixer: identity: no windows to lay out
+            return h
         b, *size, c = h.shape
         layout = window_layout(tuple(size), self.window, self.shift_for(size), str(h.device))
         t = h.reshape(b, -1, c)
@@ -154,7 +159,7 @@ class SwinBlock(nn.Module):
         return x + self.drop_path(self.mlp(h))
 
 
-class SwinFamily(TokenFamily):
+class SwinFamily(TransformerFamily):
     """Swin: windows of ``window_size`` tokens, odd blocks of a stage shifted by half a window."""
 
     name = "swin"
@@ -202,12 +207,12 @@ class SwinFamily(TokenFamily):
                 f"feature map at level {level}: a window must fit every level; set encoder.window_size to at "
                 f"most {fits} (or 0 for auto), use an image size of at least {need}, or use fewer levels")
 
-    def block(self, width: int, heads: int, drop_path: float, index: int) -> nn.Module:
+    def block(self, width: int, drop_path: float, index: int) -> nn.Module:
         c, o = self.cfg, self.options
-        return SwinBlock(self.dims, width, heads, self.window_for(width), o.shift and index % 2 == 1,
-                         mlp_ratio=o.mlp_ratio, qkv_bias=o.qkv_bias, dropout=c.dropout,
-                         attn_dropout=o.attn_dropout, drop_path=drop_path, norm=c.norm, act=c.act,
-                         context_dim=c.context_dim)
+        return SwinBlock(self.dims, width, self.heads_for(width), self.window_for(width),
+                         o.shift and index % 2 == 1, mlp_ratio=o.mlp_ratio, qkv_bias=o.qkv_bias,
+                         dropout=c.dropout, attn_dropout=o.attn_dropout, drop_path=drop_path, norm=c.norm,
+                         act=c.act, context_dim=c.context_dim, identity_mixer=self.identity_mixer)
 
 
 encoder = staged_encoder(SwinFamily)

@@ -1,23 +1,18 @@
-"""What the two transformer families share: options, head counts and the builders of a
-token family (patch stem, stages of token blocks, patch merging and expansion).
+"""What the two transformer families share: options, head counts, positions and the
+attention mixer's place in the block (``mixer: attention | identity``).
 
-The token plumbing itself (layout, patch modules, token MLP) is the core's
-:mod:`flemme_core.tokens`, shared with every other token family.
+The builders (patch stem, stages of token blocks, patch merging and expansion) and the
+token plumbing are the core's :class:`flemme_core.tokens.TokenFamily`, shared with
+every other token family.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from torch import nn
-
-from flemme_core import layers
-from flemme_core.config import choice
-from flemme_core.encoder import BlockFamily
 from flemme_core.errors import ConfigError
-from flemme_core.tokens import PatchExpansion, PatchMerging, PatchStem, TokenStage
+from flemme_core.tokens import TokenFamily
 
 TOKEN_NORMS = ("layer", "none")
 
@@ -48,17 +43,21 @@ class TokenOptions:
             raise ConfigError(f"model.encoder.heads must be a positive integer or one per level, got {heads!r}")
 
 
-class TokenFamily(BlockFamily):
-    """Shared builders of the token families; subclasses provide :meth:`block`."""
+class TransformerFamily(TokenFamily):
+    """Attention blocks on the core's token builders; subclasses write :meth:`block`.
+
+    ``mixer: identity`` (the "No-Mamba"-style control of Isensee et al., 2024) replaces the
+    attention (its qkv and output projections, relative position bias, windows) by the
+    identity: ``x + norm1(x)``; the norms, the MLP, drop-path and the context injection stay.
+    """
 
     Options: ClassVar[type] = TokenOptions
-    defaults: ClassVar[dict[str, Any]] = {"channels": [32, 64, 128, 256], "num_blocks": 2, "patch_size": 2,
-                                          "norm": "layer", "act": "gelu"}
+    norms: ClassVar[tuple[str, ...] | None] = TOKEN_NORMS
+    mixers: ClassVar[tuple[str, ...]] = ("attention", "identity")
+    mixer_parameters: ClassVar[str] = r"(^|\.)attn\."
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        choice(cfg.norm, TOKEN_NORMS, f"model.encoder.norm ({self.name} tokens are normalised over channels)")
-        layers.act(cfg.act)  # unknown activation -> ConfigError with close matches
         self.level_heads = self._resolve_heads(list(cfg.channels))
 
     def _resolve_heads(self, channels: list[int]) -> list[int]:
@@ -94,28 +93,7 @@ class TokenFamily(BlockFamily):
             h -= 1
         return h
 
-    def block(self, width: int, heads: int, drop_path: float, index: int) -> nn.Module:
-        """One token block ``forward(tokens, context=None)`` on channels-last tokens."""
-        raise NotImplementedError
-
     def position_grid(self, patch_size: int) -> list[int] | None:
         if not self.options.pos_embed:
             return None
         return [max(1, s // patch_size) for s in self.cfg.image_size]
-
-    def stem(self, in_channels: int, out_channels: int, patch_size: int) -> nn.Module:
-        return PatchStem(self.dims, in_channels, out_channels, patch_size, self.cfg.norm,
-                         self.position_grid(patch_size))
-
-    def stage(self, in_channels: int, out_channels: int, num_blocks: int,
-              drop_path: Sequence[float] = ()) -> nn.Module:
-        rates = list(drop_path) or [0.0] * num_blocks
-        heads = self.heads_for(out_channels)
-        return TokenStage(in_channels, out_channels,
-                          [self.block(out_channels, heads, rates[i], i) for i in range(num_blocks)])
-
-    def down(self, in_channels: int, out_channels: int, factor: int = 2) -> nn.Module:
-        return PatchMerging(self.dims, in_channels, out_channels, factor, self.cfg.norm)
-
-    def up(self, in_channels: int, out_channels: int, factor: int = 2) -> nn.Module:
-        return PatchExpansion(self.dims, in_channels, out_channels, factor, self.cfg.norm)

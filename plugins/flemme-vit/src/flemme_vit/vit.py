@@ -20,7 +20,7 @@ from torch import nn
 from flemme_core.encoder import ContextInjection, staged_encoder
 from flemme_core.tokens import mlp, token_norm
 
-from .tokens import TokenFamily, TokenOptions
+from .tokens import TokenOptions, TransformerFamily
 
 
 @dataclasses.dataclass
@@ -53,13 +53,16 @@ class GlobalAttention(nn.Module):
 
 
 class ViTBlock(nn.Module):
-    """x + attn(norm(x)); x + mlp(inject(norm(x), context)), each branch with drop-path."""
+    """x + attn(norm(x)); x + mlp(inject(norm(x), context)), each branch with drop-path.
+
+    With ``identity_mixer`` the attention is the identity (``x + norm(x)``), all else stays."""
 
     def __init__(self, width: int, heads: int, *, mlp_ratio: float, qkv_bias: bool, dropout: float,
-                 attn_dropout: float, drop_path: float, norm: str, act: str, context_dim: int | None):
+                 attn_dropout: float, drop_path: float, norm: str, act: str, context_dim: int | None,
+                 identity_mixer: bool = False):
         super().__init__()
         self.norm1 = token_norm(norm, width)
-        self.attn = GlobalAttention(width, heads, qkv_bias, attn_dropout, dropout)
+        self.attn = nn.Identity() if identity_mixer else GlobalAttention(width, heads, qkv_bias, attn_dropout, dropout)
         self.norm2 = token_norm(norm, width)
         self.mlp = mlp(width, mlp_ratio, dropout, act)
         self.context = ContextInjection(context_dim, width, channel_axis=-1) if context_dim else None
@@ -76,20 +79,20 @@ class ViTBlock(nn.Module):
         return t.reshape(shape)
 
 
-class ViTFamily(TokenFamily):
+class ViTFamily(TransformerFamily):
     """Hierarchical ViT: global attention on every level, patch merging between levels."""
 
     name = "vit"
     Options = ViTOptions
     # Global attention is quadratic in tokens: patch 4 keeps level 0 at 1024 tokens for 128² and
     # 4096 for 64³ (patch 2 would give 32768 tokens for 64³, minutes per forward on a CPU).
-    defaults: ClassVar[dict[str, Any]] = {**TokenFamily.defaults, "patch_size": 4}
+    defaults: ClassVar[dict[str, Any]] = {**TransformerFamily.defaults, "patch_size": 4}
 
-    def block(self, width: int, heads: int, drop_path: float, index: int) -> nn.Module:
+    def block(self, width: int, drop_path: float, index: int) -> nn.Module:
         c, o = self.cfg, self.options
-        return ViTBlock(width, heads, mlp_ratio=o.mlp_ratio, qkv_bias=o.qkv_bias, dropout=c.dropout,
-                        attn_dropout=o.attn_dropout, drop_path=drop_path, norm=c.norm, act=c.act,
-                        context_dim=c.context_dim)
+        return ViTBlock(width, self.heads_for(width), mlp_ratio=o.mlp_ratio, qkv_bias=o.qkv_bias,
+                        dropout=c.dropout, attn_dropout=o.attn_dropout, drop_path=drop_path, norm=c.norm,
+                        act=c.act, context_dim=c.context_dim, identity_mixer=self.identity_mixer)
 
 
 encoder = staged_encoder(ViTFamily)
