@@ -271,7 +271,7 @@ def run_recon(budget: float, seed: int, ensemble: int, steps: int, grids: Path |
         preds[name] = pred
         log(f"  -> {name}: PSNR {rows[-1]['psnr']:.2f} SSIM {rows[-1]['ssim']:.3f}")
     if grids is not None:
-        from flemme_core.cli_sample import _grid_png
+        from flemme_diffusion.cli_sample import _grid_png
 
         pick = torch.linspace(0, len(held_in) - 1, 5).round().long()
         cols = [held_in, preds["ae (supervised)"], preds["sdm"], preds["spread"], held_target]
@@ -284,7 +284,7 @@ def nearest_pairs_png(samples: torch.Tensor, train_x: torch.Tensor, path: Path, 
     """Each of the first ``k`` samples beside its nearest training slice (the memorisation ratio's)."""
     from flemme_diffusion.metrics import nearest_training
 
-    from flemme_core.cli_sample import _grid_png
+    from flemme_diffusion.cli_sample import _grid_png
 
     _, nearest = nearest_training(samples[:k], train_x)
     tiles = torch.stack([samples[:k].float(), train_x[nearest].float()], 1).flatten(0, 1)  # sample, its nearest
@@ -334,7 +334,7 @@ def main() -> None:
             out.write_text(json.dumps(results, indent=1))
             log(f"  -> precision {row['precision']:.2f} recall {row['recall']:.2f} mmd {row['rbf_mmd2']:.3f}")
             if args.grids:
-                from flemme_core.cli_sample import _grid_png
+                from flemme_diffusion.cli_sample import _grid_png
 
                 _grid_png(samples[:32].numpy(), Path(args.grids) / f"{name}.png", (0.0, 1.0))
                 np.save(Path(args.grids) / f"{name}-samples.npy", samples.numpy())  # for later analysis

@@ -64,8 +64,8 @@ class FlemmeGroup(click.Group):
                 rows.append((name, cmd.get_short_help_str(formatter.width - 6 - len(name))))
             else:
                 comp = registered[name]
-                where = "" if comp.provider.name == CORE_PROVIDER_NAME else f"  [{comp.provider.name}]"
-                rows.append((name, (comp.description or "") + where))
+                where = "" if comp.provider.name == CORE_PROVIDER_NAME else f"[{comp.provider.name}] "
+                rows.append((name, where + (comp.description or "")))
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
@@ -286,10 +286,6 @@ def info_command(path: str, as_json: bool) -> None:
     if meta["extra"]:
         click.echo("extra        " + json.dumps(meta["extra"], sort_keys=True))
 
-
-from .cli_sample import sample
-
-main.add_command(sample)
 
 from .cli_train import demo_command, eval_command, predict_command, train_command
 

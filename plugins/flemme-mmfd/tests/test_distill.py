@@ -328,3 +328,20 @@ def test_shipped_demo_config_teacher_starts_as_its_residual_branch(tmp_path):
     assert torch.allclose(model.teacher(x), reference(x), atol=1e-5)
     count = lambda m: sum(p.numel() for p in m.parameters())
     assert count(model.student) * 10 <= count(model.teacher)
+
+
+def test_distill_report_is_a_flemme_subcommand(tmp_path):
+    """`flemme distill-report` comes through the command hook; a wrong checkpoint is one Error line."""
+    from click.testing import CliRunner
+
+    from flemme_core.checkpoint import save_model
+    from flemme_core.cli import main
+
+    help_line = next(ln for ln in CliRunner().invoke(main, ["--help"]).output.splitlines()
+                     if ln.strip().startswith("distill-report"))
+    assert "[flemme-mmfd]" in help_line
+    path = tmp_path / "unet.safetensors"
+    save_model(build_model({"arch": "unet", "encoder": {"name": "cnn", "channels": [4, 8]}, "image_size": 16}), path)
+    r = CliRunner().invoke(main, ["distill-report", str(path), "--repeats", "1"])
+    assert r.exit_code == 2, r.output
+    assert r.output.startswith("Error: distill-report needs a distill model") and len(r.output.splitlines()) == 1

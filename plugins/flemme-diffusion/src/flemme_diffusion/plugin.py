@@ -23,3 +23,9 @@ def register_architectures(register) -> None:
     register("sdm", f"{_PKG}.supervised:SDM",
              "supervised diffusion: the input image conditions (concat or per-level injection), the target "
              "is generated; predict averages an ensemble and reports its spread", task="reconstruction")
+
+
+@hookimpl
+def register_commands(register) -> None:
+    register("sample", f"{_PKG}.cli_sample:sample",
+             "draw N samples of a generative checkpoint (vae, ddpm, edm, ldm, sdm)")

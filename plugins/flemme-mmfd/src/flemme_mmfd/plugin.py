@@ -30,3 +30,9 @@ def register_architectures(register) -> None:
     register("distill", "flemme_mmfd.distill:Distill",
              "two stages: train a (fused) teacher, then distil it into a student encoder with feature "
              "and optional logit distillation; predict = the student", task="segmentation")
+
+
+@hookimpl
+def register_commands(register) -> None:
+    register("distill-report", "flemme_mmfd.report:main",
+             "teacher vs student of a distill checkpoint: size, CPU time, Dice")

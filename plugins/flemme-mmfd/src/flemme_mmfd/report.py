@@ -9,7 +9,8 @@ classes). The same :func:`measure` serves the benchmark for single-branch baseli
 ``flemme eval CHECKPOINT`` prints the same comparison through the generic
 ``Architecture.evaluation_variants`` (on the checkpoint's own held-out split, with every
 metric); this module adds single-branch baselines for the benchmark, the Dice summed over
-foreground classes, and the console script ``flemme-distill-report CHECKPOINT --data PRESET``.
+foreground classes, and the subcommand ``flemme distill-report CHECKPOINT --data PRESET`` (registered
+through ``register_commands``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 import click
 import torch
 
-from flemme_core.errors import ConfigError, FlemmeError
+from flemme_core.errors import ConfigError
 from flemme_core.training.profiling import count_parameters, cpu_latency_ms
 
 
@@ -99,8 +100,5 @@ def main(checkpoint: str, data: str, threads: int, repeats: int, size: str | Non
         shape = [int(v) for v in size.replace("x", ",").split(",")] if size else None
     except ValueError:
         raise click.BadParameter(f"{size!r} is not a size like 256,256", param_hint="--size") from None
-    try:
-        rows = distill_report(checkpoint, data, threads or None, repeats, size=shape)
-    except FlemmeError as exc:
-        raise click.ClickException(str(exc)) from None
+    rows = distill_report(checkpoint, data, threads or None, repeats, size=shape)  # FlemmeError: one line
     click.echo(format_report(rows, threads or None))

@@ -25,7 +25,7 @@ def _parse_condition(value: str | None):
 
     import numpy as np
 
-    from .errors import ShapeError
+    from flemme_core.errors import ShapeError
 
     path = Path(value)
     if path.suffix == ".npy":
@@ -35,7 +35,7 @@ def _parse_condition(value: str | None):
             return np.load(path, allow_pickle=False).astype("float32")
         except ValueError as exc:
             raise ShapeError(f"condition file {value!r} is not a plain numeric .npy array ({exc})") from None
-    from .data.io import read_image
+    from flemme_core.data.io import read_image
 
     return read_image(path).array
 
@@ -47,7 +47,7 @@ def _grid_png(samples, path, data_range: tuple[float, float] | None) -> None:
     import numpy as np
     from PIL import Image
 
-    from .checkpoint import atomic_write
+    from flemme_core.checkpoint import atomic_write
 
     arr = samples[:, 0]
     if arr.ndim == 4:
@@ -69,7 +69,7 @@ def _write_arrays(samples, out, fmt: str, stem: str = "sample") -> list[str]:
     """``<stem>s.npy`` holding all arrays, or one ``<stem>_###.nii.gz`` per array (channels last)."""
     import numpy as np
 
-    from .checkpoint import atomic_write
+    from flemme_core.checkpoint import atomic_write
 
     if fmt == "npy":
         def save(tmp: str) -> None:
@@ -122,7 +122,7 @@ def sample(ctx: click.Context, checkpoint: str, n: int, sampler: str | None, ste
            condition: str | None, guidance: float | None, fmt: str, out_dir: str, threads: int | None,
            progress: bool) -> None:
     """Draw N samples from a generative CHECKPOINT (vae, ddpm, edm, ldm, sdm) into a folder."""
-    from .errors import FlemmeError
+    from flemme_core.errors import FlemmeError
 
     try:
         _run(checkpoint, n, sampler, steps, seed, condition, guidance, fmt, out_dir, threads, progress)
@@ -137,7 +137,7 @@ def _run(checkpoint: str, n: int, sampler: str | None, steps: int | None, seed: 
     import time
     from pathlib import Path
 
-    from .errors import ConfigError
+    from flemme_core.errors import ConfigError
 
     if n < 1:
         raise ConfigError(f"-n must be at least 1, got {n}")
@@ -145,7 +145,7 @@ def _run(checkpoint: str, n: int, sampler: str | None, steps: int | None, seed: 
         raise ConfigError(f"--steps must be at least 1, got {steps}")
     import torch
 
-    from .checkpoint import atomic_write, load_model
+    from flemme_core.checkpoint import atomic_write, load_model
 
     if threads:
         torch.set_num_threads(threads)
