@@ -128,3 +128,18 @@ def test_cli_build_without_gpu():
                                        "--channels", "8,16"])
     assert result.exit_code == 0, result.output
     assert "backend cpu: flemme C++ CPU scan" in result.output
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_model_moved_to_bfloat16_runs(backend):
+    model = build_model(config(backend=backend)).to(torch.bfloat16)
+    out = model(torch.randn(1, 1, 16, 16, dtype=torch.bfloat16))
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+
+
+def test_large_d_state_builds_on_the_torch_scan():
+    model = build_model(config(d_state=300))
+    assert "PyTorch chunked scan (d_state 300 > 256" in model.encoder.backend
+    assert model(torch.randn(1, 1, 16, 16)).shape == (1, 2, 16, 16)
+    with pytest.raises(ConfigError, match="'cpp' takes d_state up to 256, got 300"):
+        build_model(config(d_state=300, backend="cpp"))

@@ -114,3 +114,47 @@ def test_half_precision_inputs_come_back_in_their_dtype():
 @pytest.mark.parametrize("fn", [selective_scan_cpp, selective_scan_torch], ids=["cpp", "torch"])
 def test_very_short_sequences(fn, length):
     check_against_reference(fn, scan_inputs(1, 2, 3, length, 4))
+
+
+@pytest.mark.parametrize("fn", [selective_scan_cpp, selective_scan_torch], ids=["cpp", "torch"])
+def test_mixed_dtypes_bf16_activations_fp32_parameters(fn):
+    """What the mixer passes outside autocast: bf16 u/delta/B/C/z with float32 A, D, bias."""
+    inputs = scan_inputs(1, 2, 4, 40, 16)
+    args = {k: (v.to(torch.bfloat16).requires_grad_() if isinstance(v, torch.Tensor) and k not in ("A", "D", "delta_bias")
+                else v.requires_grad_() if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
+    out = fn(**args)
+    ref = selective_scan_ref(**{k: (v.detach().double() if isinstance(v, torch.Tensor) else v)
+                                for k, v in args.items()})
+    assert out.dtype == torch.bfloat16
+    assert rel_err(out.float(), ref) < 2e-2
+    out.float().sum().backward()
+    for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias"):
+        assert args[k].grad is not None and args[k].grad.dtype == args[k].dtype, k
+
+
+@pytest.mark.parametrize("fn", [selective_scan_cpp, selective_scan_torch], ids=["cpp", "torch"])
+@pytest.mark.parametrize("ungrouped", [False, True])
+def test_empty_sequence_gives_empty_output_and_gradients(fn, ungrouped):
+    inputs = scan_inputs(2, 2, 3, 0, 4, ungrouped=ungrouped)
+    leaves = {k: (v.requires_grad_() if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
+    out = fn(**leaves)
+    assert out.shape == (2, 6, 0)
+    out.sum().backward()
+    assert leaves["u"].grad.shape == (2, 6, 0)
+    assert leaves["A"].grad is None or not leaves["A"].grad.any()
+
+
+def test_states_above_the_kernel_limit_run_the_torch_scan_under_auto():
+    from flemme_mamba.scan import KERNEL_MAX_STATE, select_backend, selective_scan
+
+    from flemme_core.errors import ConfigError
+
+    inputs = scan_inputs(1, 1, 4, 20, 300)
+    assert select_backend("cpu", "auto", 300) == "torch" and select_backend("cpu", "torch", 256) == "torch"
+    out = selective_scan(**inputs)  # auto: was "selective scan kernel rejected its arguments (N=304, groups=1)"
+    ref = selective_scan_ref(**{k: (v.double() if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()})
+    assert rel_err(out, ref) < TOL
+    with pytest.raises(ConfigError, match=f"takes d_state up to {KERNEL_MAX_STATE}, got 300"):
+        selective_scan(**inputs, backend="cpp")
+    with pytest.raises(ValueError, match="at most 256 states, got N=300"):
+        selective_scan_cpp(**inputs)

@@ -24,7 +24,7 @@ from flemme_core.tokens import TokenFamily
 
 from .block import MambaBlock
 from .directions import SCAN_MODES
-from .scan import BACKENDS, describe_backend
+from .scan import BACKENDS, KERNEL_MAX_STATE, describe_backend
 from .ssd import SSDMixerND
 from .ssm import IdentityScanND, SelectiveScanND
 
@@ -37,7 +37,7 @@ def _positive_int(value: Any) -> bool:
 
 @dataclasses.dataclass
 class MambaOptions:
-    d_state: int = 16             # N, the state size of every channel
+    d_state: int = 16             # N, the state size of every channel (kernels: <= 256, else the PyTorch scan)
     expand: float = 2.0           # inner width / block width
     dt_rank: Any = "auto"         # rank of the step-size projection; auto = ceil(width / 16)
     d_conv: int = 3               # depthwise conv kernel before the scan (odd; 1 = pointwise)
@@ -49,8 +49,11 @@ class MambaOptions:
     chunk_size: int = 64          # mamba2: steps per chunk of the SSD scan
 
     def validate(self) -> None:
-        if not _positive_int(self.d_state) or self.d_state > 256:
-            raise ConfigError(f"model.encoder.d_state must be an integer in 1..256, got {self.d_state!r}")
+        if not _positive_int(self.d_state):
+            raise ConfigError(f"model.encoder.d_state must be a positive integer, got {self.d_state!r}")
+        if self.d_state > KERNEL_MAX_STATE and self.backend in ("cpp", "mamba_ssm"):
+            raise ConfigError(f"model.encoder.backend {self.backend!r} takes d_state up to {KERNEL_MAX_STATE}, "
+                              f"got {self.d_state}; use backend: auto (the PyTorch scan) or a smaller d_state")
         if self.expand <= 0:
             raise ConfigError(f"model.encoder.expand must be positive, got {self.expand}")
         if self.dt_rank != "auto" and not _positive_int(self.dt_rank):
@@ -103,7 +106,7 @@ def encoder(cfg: EncoderConfig) -> StagedEncoder:
     elif options.ssm == "mamba2":
         enc.backend = "Mamba-2 SSD in PyTorch matrix products (CPU and CUDA)"
     else:
-        enc.backend = describe_backend(options.backend)
+        enc.backend = describe_backend(options.backend, options.d_state)
     return enc
 
 

@@ -6,6 +6,10 @@ names and layouts, B/C grouped per scan direction) and picks a backend per call:
 * ``mamba_ssm``: mamba-ssm's CUDA kernel, when it imports and the tensors are on CUDA;
 * ``cpp``: this plugin's C++ kernel, for CPU tensors (compiled on first use);
 * ``torch``: the pure-PyTorch chunked scan, anywhere (no compiler, or CUDA without mamba-ssm).
+
+Both kernels hold the state of a channel in registers / shared memory and take at most
+``KERNEL_MAX_STATE`` = 256 states (N, ``d_state``); ``auto`` runs larger states in the
+PyTorch scan, which has no limit, and an explicit ``cpp`` / ``mamba_ssm`` refuses them.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch
 from flemme_core.config import choice
 
 BACKENDS = ("auto", "mamba_ssm", "cpp", "torch")
+KERNEL_MAX_STATE = 256  # N (d_state) the C++ kernel (8-float vectors, 32 of them) and mamba-ssm take
 
 
 @functools.lru_cache(maxsize=1)
@@ -39,12 +44,18 @@ def cpp_problem() -> str:
     return kernel_problem()
 
 
-def select_backend(device: torch.device | str, requested: str = "auto") -> str:
-    """The backend a call on ``device`` uses; an explicit request is honoured or refused."""
+def select_backend(device: torch.device | str, requested: str = "auto", d_state: int = 16) -> str:
+    """The backend a call on ``device`` with ``d_state`` states uses; an explicit request is
+    honoured or refused."""
     from flemme_core.errors import ConfigError
 
     choice(requested, BACKENDS, "model.encoder.backend")
     device = torch.device(device)
+    if d_state > KERNEL_MAX_STATE:
+        if requested in ("cpp", "mamba_ssm"):
+            raise ConfigError(f"backend {requested!r} takes d_state up to {KERNEL_MAX_STATE}, got {d_state}; "
+                              f"use backend: auto or torch (the PyTorch scan has no limit)")
+        return "torch"
     if requested == "mamba_ssm":
         if mamba_ssm_scan() is None or device.type != "cuda":
             raise ConfigError("backend 'mamba_ssm' needs CUDA tensors and mamba-ssm; "
@@ -74,8 +85,10 @@ def _warn_once(message: str) -> None:
     warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
-def describe_backend(requested: str = "auto") -> str:
+def describe_backend(requested: str = "auto", d_state: int = 16) -> str:
     """One line for the build summary: what runs on CPU and on CUDA."""
+    if d_state > KERNEL_MAX_STATE:
+        return f"PyTorch chunked scan (d_state {d_state} > {KERNEL_MAX_STATE}, the kernels' limit)"
     if requested != "auto":
         return {"mamba_ssm": "mamba-ssm CUDA kernel", "cpp": "flemme C++ CPU scan",
                 "torch": "PyTorch chunked scan"}[requested]
@@ -93,7 +106,7 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     u, delta, z: (batch, K*D, L); A: (K*D, N); B, C: (batch, K, N, L) (or (batch, N, L));
     D, delta_bias: (K*D,); dt = softplus(delta + delta_bias) when ``delta_softplus``.
     """
-    name = select_backend(u.device, backend)
+    name = select_backend(u.device, backend, A.shape[1])
     if name == "mamba_ssm":
         return mamba_ssm_scan()(u.contiguous(), delta.contiguous(), A.contiguous(), B.contiguous(),
                                 C.contiguous(), D, z, delta_bias, delta_softplus)

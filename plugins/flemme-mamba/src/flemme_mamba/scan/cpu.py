@@ -19,6 +19,7 @@ from .build import ScanArgs, load_kernel
 
 CHUNK = 64
 _PAD = 8  # the kernel works on vectors of 8 floats: N is zero-padded to a multiple of 8
+MAX_STATE = 256  # at most 32 such vectors per channel (kMaxVecs in csrc/selective_scan.cpp)
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
@@ -38,11 +39,14 @@ class CppScanCore(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, dt, A, B, C, D, chunk):  # type: ignore[override]
-        lib = load_kernel()
-        dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
         batch, channels, length = u.shape
         n = A.shape[1]
         n_pad = -(-n // _PAD) * _PAD
+        if n_pad > MAX_STATE:
+            raise ValueError(f"the C++ scan takes at most {MAX_STATE} states, got N={n}; "
+                             f"use flemme_mamba.scan.selective_scan (backend auto runs the PyTorch scan)")
+        lib = load_kernel()
+        dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
         groups = 1 if B.dim() == 3 else B.shape[1]
         uc, dtc = u.detach().to(dtype).contiguous(), dt.detach().to(dtype).contiguous()
         Dc = D.detach().to(dtype).contiguous() if D is not None else None

@@ -72,7 +72,33 @@ class StepScan(torch.autograd.Function):
 def selective_scan_torch(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                          C: torch.Tensor, D: torch.Tensor | None = None, z: torch.Tensor | None = None,
                          delta_bias: torch.Tensor | None = None, delta_softplus: bool = False) -> torch.Tensor:
-    """Same contract as :func:`reference.selective_scan_ref`, any device."""
+    """Same contract as :func:`reference.selective_scan_ref`, any device.
+
+    Computes in float32 (float64 if any input is float64) whatever the inputs' dtypes
+    (bf16 activations with float32 ``A``/``D``, as the mixer passes them outside
+    autocast, or a module moved to bf16) and outside autocast; the result has ``u``'s
+    dtype. ``L = 0`` gives an empty result (and empty gradients).
+    """
+    tensors = [t for t in (u, delta, A, B, C, D, z, delta_bias) if t is not None]
+    dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+    if u.shape[-1] == 0:
+        return _empty_scan(u, delta, A, B, C, D, z, delta_bias)
+    with torch.autocast(u.device.type, enabled=False):
+        y = _scan(*[t.to(dtype) if t is not None else None for t in (u, delta, A, B, C, D, z, delta_bias)],
+                  delta_softplus)
+    return y.to(u.dtype)
+
+
+def _empty_scan(*inputs: torch.Tensor | None) -> torch.Tensor:
+    """The ``L = 0`` result, connected to every input so that backward gives zero gradients."""
+    u = inputs[0]
+    zero = sum((t.sum() * 0 for t in inputs if t is not None and t.requires_grad), u.new_zeros(()))
+    return u.new_zeros(u.shape) + zero.to(u.dtype)
+
+
+def _scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+          D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None,
+          delta_softplus: bool) -> torch.Tensor:
     batch, channels, length = u.shape
     if delta_bias is not None:
         delta = delta + delta_bias[:, None]
