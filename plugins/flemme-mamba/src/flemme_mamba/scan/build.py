@@ -1,8 +1,12 @@
 """Compile the CPU scan kernel on first use and cache the shared library.
 
 The kernel is plain C++ with a C ABI (no torch headers), compiled by the system C++
-compiler in about a second and loaded with :mod:`ctypes`; a torch extension would spend
-40-50 s compiling its headers on every cold CI run. The library is cached under
+compiler once per machine (5-7 s of compiler CPU time at -O3 with its specialisations,
+measured by ``benchmarks/bench_mamba_scan.py``; longer in wall time on a loaded machine)
+and loaded with :mod:`ctypes`; a torch extension would spend 40-50 s compiling its
+headers on every cold CI run. A failed build is recorded in the cache (``FAILED.txt``)
+and retried once by a later process (see ``BUILD_ATTEMPTS``); every message names the
+cache folder. The library is cached under
 ``$FLEMME_MAMBA_CACHE`` (default ``~/.cache/flemme_mamba``) in a folder named by a hash of
 the source, the flags, the compiler and the CPU, so a changed source or a different
 machine sharing the home folder never loads a stale or illegal build.
@@ -28,6 +32,10 @@ BASE_FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-er
 # Tried in order: OpenMP (shares torch's libgomp thread pool) and the host's vector units,
 # then without OpenMP (std::thread), then portable code.
 FLAG_CHOICES = [BASE_FLAGS + ["-fopenmp", "-march=native"], BASE_FLAGS + ["-march=native"], BASE_FLAGS]
+# A failed build (per source, flags, compiler and CPU) is retried once in a later process: a
+# transient cause (out of memory, a full disk) does not disable the kernel for good, and a
+# real one (a broken toolchain) does not cost a compile on every run.
+BUILD_ATTEMPTS = 2
 
 
 class KernelUnavailable(RuntimeError):
@@ -115,10 +123,11 @@ def load_kernel() -> ctypes.CDLL:
                                          _cpu_signature().encode()])).hexdigest()[:16]
         folder = cache_dir() / key
         target, failed = folder / "selective_scan.so", folder / "FAILED.txt"
-        if failed.exists():  # this source, compiler and flag set failed before: do not retry every run
-            errors.append(failed.read_text(errors="replace"))
-            continue
+        attempts, previous = _read_failure(failed)
         if not target.exists():
+            if attempts >= BUILD_ATTEMPTS:  # failed before and retried: do not compile on every run
+                errors.append(f"{previous} (build failed {attempts} times; delete {folder} to try again)")
+                continue
             try:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
@@ -126,13 +135,40 @@ def load_kernel() -> ctypes.CDLL:
             problem = _compile(cxx, flags, target)
             if problem:
                 errors.append(problem)
-                failed.write_text(problem)
+                _write_failure(failed, attempts + 1, problem)
                 continue
+        if attempts:
+            try:
+                failed.unlink(missing_ok=True)
+            except OSError:
+                pass
         try:
             return _load(target)
         except OSError as exc:
             errors.append(f"loading {target} failed: {exc}")
-    raise KernelUnavailable("; ".join(errors))
+    raise KernelUnavailable("; ".join(errors) + f" [kernel cache: {cache_dir()}, set by FLEMME_MAMBA_CACHE]")
+
+
+def _read_failure(path: Path) -> tuple[int, str]:
+    """(failed builds so far, the last error) recorded for one source/flags/compiler/CPU key."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return 0, ""
+    first, _, rest = text.partition("\n")
+    if first.startswith("attempts: ") and first[10:].strip().isdigit():
+        return int(first[10:]), rest
+    return BUILD_ATTEMPTS, text  # written by an older version: counts as retried
+
+
+def _write_failure(path: Path, attempts: int, problem: str) -> None:
+    """Record a failed build atomically; a full disk (maybe the cause) just skips the record."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(f"attempts: {attempts}\n{problem}")
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
 
 
 def kernel_problem() -> str:
