@@ -148,7 +148,17 @@ def train_command(config_path, data, sets, resume, overwrite, nproc, quiet, **fl
         if batch % nproc:
             raise ConfigError(f"data.batch_size {batch} must be divisible by the {nproc} processes; "
                               f"use a multiple of {nproc}")
-        code = launch(nproc, _launch_args(config_path, data, sets, flags, resume, overwrite, quiet))
+        from .training.runfolder import HELD_ENV, RunLock
+
+        if resume and not run.output_dir.exists():
+            raise ConfigError(f"--resume: the run folder {str(run.output_dir)!r} does not exist; check --output, "
+                              "or start a new run without --resume")
+        with RunLock(run.output_dir) as lock:  # held here for the workers' lifetime (they inherit it)
+            os.environ[HELD_ENV] = lock.key
+            try:
+                code = launch(nproc, _launch_args(config_path, data, sets, flags, resume, overwrite, quiet))
+            finally:
+                os.environ.pop(HELD_ENV, None)
         sys.exit(code)
     from .training import train
 

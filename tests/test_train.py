@@ -119,7 +119,8 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     state = killed / "state.json"
     kills = 0
     for commits_to_see, mid_interval in ((1, False), (2, True)):
-        proc = subprocess.Popen(cmd + ["-o", str(killed), "--resume"], env=env(), stdout=subprocess.DEVNULL,
+        resume = ["--resume"] if killed.exists() else []  # --resume into a missing folder is refused
+        proc = subprocess.Popen(cmd + ["-o", str(killed), *resume], env=env(), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         seen, last, times = 0, _step(state), []
         deadline = time.monotonic() + 240

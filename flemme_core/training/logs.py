@@ -30,14 +30,7 @@ class MetricsLog:
         self.enabled = enabled
         self.writer = None
         if enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                from ..errors import ConfigError
-
-                raise ConfigError("train.tensorboard needs the tensorboard package; pip install tensorboard "
-                                  "(or set train.tensorboard: false)") from None
-            self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+            self.writer = tensorboard_writer()(str(Path(run_dir) / "tensorboard"))
 
     def truncate(self, step: int) -> None:
         if not self.enabled or not self.path.exists():
@@ -60,6 +53,18 @@ class MetricsLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def tensorboard_writer() -> Any:
+    """torch's SummaryWriter class, or one line saying how to get it (checked before a run writes)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        from ..errors import ConfigError
+
+        raise ConfigError("train.tensorboard needs the tensorboard package; pip install tensorboard "
+                          "(or set train.tensorboard: false)") from None
+    return SummaryWriter
 
 
 def _row_step(line: str) -> int:

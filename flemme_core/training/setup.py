@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import os
 import random
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +17,9 @@ import torch
 
 from ..errors import ConfigError
 from .config import RunConfig
+from .runfolder import RUN_FILES  # noqa: F401 - the files --overwrite deletes (re-exported)
 
 CONFIG_FILE = "config.yaml"
-#: run files that --overwrite deletes (never the folder itself).
-RUN_FILES = ("config.yaml", "state.json", "last.safetensors", "best.safetensors", "metrics.jsonl",
-             "curves.png", "overlay.png", "eval.json", "summary.json")
 #: train keys that may change on --resume without changing the result.
 RESUME_FREE_KEYS = ("output", "progress", "tensorboard", "threads", "log_every", "sw_batch_size")
 
@@ -134,36 +131,47 @@ def prepare_run_dir(run_dir: Path, resolved: dict[str, Any], resume: bool, overw
     there is state to resume.
 
     An existing run is replaced only with ``overwrite``; ``resume`` continues it when the
-    config is the same (keys that do not change the result excepted). Every process
-    checks; only the main one applies.
+    config is the same (keys that do not change the result excepted). Only folders that
+    carry flemme's run marker count as runs (:mod:`.runfolder`): run-file names in a
+    folder without it are the user's and refused, and ``overwrite`` deletes only flemme's
+    files. Every process checks; only the main one applies, holding the run-folder lock.
     """
     import yaml
 
+    from . import runfolder as R
+
     run_dir = Path(run_dir)
     config_path = run_dir / CONFIG_FILE
-    has_run = config_path.exists() or (run_dir / "state.json").exists()
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"output {str(run_dir)!r} is a file; choose a folder with --output")
+    R.refuse_foreign(run_dir)
+    has_run = bool(R.run_file_names(run_dir))
+    if resume and not has_run:
+        where = "does not exist" if not run_dir.exists() else "holds no run"
+        raise ConfigError(f"--resume: the run folder {str(run_dir)!r} {where}; check --output, or start a new run "
+                          "without --resume")
     if has_run and overwrite:
         if not apply:
             return False
-        for name in RUN_FILES:
-            (run_dir / name).unlink(missing_ok=True)
-        for old in run_dir.glob("state-*.safetensors"):
-            old.unlink()
-        shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+        R.clear_run_files(run_dir)
         has_run = False
     if has_run and not resume:
         raise ConfigError(f"output folder {str(run_dir)!r} already holds a run; pass --resume to continue it, "
                           "--overwrite to replace it, or --output to write elsewhere")
     if has_run and config_path.exists():
-        previous = yaml.safe_load(config_path.read_text()) or {}
+        try:
+            previous = yaml.safe_load(config_path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{str(config_path)!r} is corrupt ({str(exc).splitlines()[0]}); use --overwrite "
+                              "to start the run again") from None
         diff = _differences(previous, resolved)
         if diff:
             raise ConfigError(f"output folder {str(run_dir)!r} holds a different run ({', '.join(diff[:3])} "
                               "changed); use another --output, or --overwrite to replace it")
     if apply:
         run_dir.mkdir(parents=True, exist_ok=True)
+        R.clean_stale_tmp(run_dir)
+        R.claim(run_dir)
     return has_run and (run_dir / "state.json").exists()
 
 

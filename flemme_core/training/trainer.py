@@ -24,7 +24,7 @@ from . import setup as S
 from .config import RunConfig
 from .distributed import DistContext, all_reduce_sum, any_flag, barrier, init_distributed, shutdown
 from .evaluation import EvalSettings, autocast, evaluate
-from .logs import MetricsLog, Progress
+from .logs import MetricsLog, Progress, tensorboard_writer
 from .metrics import HIGHER_IS_BETTER, TASK_METRICS, check_metric_names
 from .optim import Schedule, build_optimizer
 from .sampling import SeededDataset, StepBatchSampler, StreamOrder, make_train_loader
@@ -80,13 +80,8 @@ class Trainer:
         self.total_steps = sum(s["steps"] for s in self.stages)
         self.batch = self._global_batch()
         S.prepare_run_dir(self.run_dir, self.resolved, resume, overwrite, apply=False)  # every rank checks
-        barrier(self.ctx)
-        if self.ctx.is_main:
-            S.prepare_run_dir(self.run_dir, self.resolved, resume, overwrite, apply=True)
-            S.write_config(self.run_dir, self.resolved)
-        barrier(self.ctx)
+        self._claim_run_dir(resume, overwrite)
         self.has_state = resume and (self.run_dir / "state.json").exists()
-        self.log = MetricsLog(self.run_dir, self.ctx.is_main, cfg.tensorboard)
         roi = list(cfg.roi_size or mc.image_size)
         self.eval_settings = EvalSettings(
             task=self.task, metrics=self.metric_names, roi_size=roi, sw_batch_size=cfg.sw_batch_size,
@@ -100,6 +95,43 @@ class Trainer:
         self.step = 0
         self.step_seconds: list[float] = []  # wall time of each step (data + forward + backward + update)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
+
+    def _claim_run_dir(self, resume: bool, overwrite: bool) -> None:
+        """Take the run-folder lock (main process) and only then write into the folder.
+
+        Nothing is written before every check has passed: a refused run leaves the folder
+        as it was (a folder the lock created is removed again). The lock is held until
+        :meth:`fit` returns or raises (:meth:`release`).
+        """
+        from .runfolder import RunLock
+
+        error: BaseException | None = None
+        self._lock: RunLock | None = None
+        if self.cfg.tensorboard:
+            tensorboard_writer()  # a missing package is refused before anything is written
+        if self.ctx.is_main:
+            lock = RunLock(self.run_dir)
+            try:
+                self._lock = lock.acquire()
+                S.prepare_run_dir(self.run_dir, self.resolved, resume, overwrite, apply=True)
+                self.log = MetricsLog(self.run_dir, True, self.cfg.tensorboard)
+                S.write_config(self.run_dir, self.resolved)
+            except Exception as exc:  # noqa: BLE001 - re-raised below, after telling the other ranks
+                error = exc
+                self.release()
+        else:
+            self.log = MetricsLog(self.run_dir, False, False)
+        if any_flag(error is not None, self.ctx):
+            if error is not None:
+                raise error
+            raise SystemExit(2)  # rank 0 reports the error
+        barrier(self.ctx)
+
+    def release(self) -> None:
+        """Release the run-folder lock (idempotent)."""
+        lock, self._lock = getattr(self, "_lock", None), None
+        if lock is not None:
+            lock.release()
 
     def _sync_batchnorm(self, model: nn.Module) -> nn.Module:
         """Several CUDA processes: BatchNorm -> SyncBatchNorm (same parameters, same checkpoint keys).
@@ -195,6 +227,12 @@ class Trainer:
     # -- the loop -------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         """Train all stages from step 0 or from the committed state; returns the summary."""
+        try:
+            return self._fit()
+        finally:
+            self.release()
+
+    def _fit(self) -> dict[str, Any]:
         record, tensors = (read_train_state(self.run_dir) if self.has_state else (None, None))
         if record is not None:
             self.step, self.best = int(record["step"]), record["best"]
@@ -369,4 +407,4 @@ def _median(values: list[float]) -> float | None:
 
 def train(run: RunConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> dict[str, Any]:
     """Train a run config; returns the summary (also written to ``<run>/summary.json``)."""
-    return Trainer(run, resume=resume, overwrite=overwrite, quiet=quiet).fit()
+    return Trainer(run, resume=resume, overwrite=overwrite, quiet=quiet).fit()  # fit releases the lock
