@@ -18,13 +18,25 @@ from typing import Any
 FORMAT = "flemme-model/1"
 
 
+def _umask() -> int:
+    """The process umask (read by setting and restoring it; there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` then rename over ``path``: readers never see half a file."""
+    """Call ``write(tmp_path)`` then rename over ``path``: readers never see half a file.
+
+    The temporary file is created 0600 by ``mkstemp``; it is given the mode an ordinary
+    ``open()`` would (0666 minus the umask) so collaborators can read a run folder.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())
         write(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
