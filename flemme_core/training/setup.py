@@ -134,7 +134,8 @@ def prepare_run_dir(run_dir: Path, resolved: dict[str, Any], resume: bool, overw
     config is the same (keys that do not change the result excepted). Only folders that
     carry flemme's run marker count as runs (:mod:`.runfolder`): run-file names in a
     folder without it are the user's and refused, and ``overwrite`` deletes only flemme's
-    files. Every process checks; only the main one applies, holding the run-folder lock.
+    files. The main process checks and applies, holding the run-folder lock; the other
+    ranks learn of a refusal from it (checking after it applied, they would see its run).
     """
     import yaml
 

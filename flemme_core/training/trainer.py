@@ -79,7 +79,6 @@ class Trainer:
         self.stages = self._stage_plan()
         self.total_steps = sum(s["steps"] for s in self.stages)
         self.batch = self._global_batch()
-        S.prepare_run_dir(self.run_dir, self.resolved, resume, overwrite, apply=False)  # every rank checks
         self._claim_run_dir(resume, overwrite)
         self.has_state = resume and (self.run_dir / "state.json").exists()
         roi = list(cfg.roi_size or mc.image_size)
