@@ -110,8 +110,12 @@ class Trainer:
             tensorboard_writer()  # a missing package is refused before anything is written
         if self.ctx.is_main:
             lock = RunLock(self.run_dir)
+            missing = not self.run_dir.exists()  # before the lock creates it: --resume into a typo is refused
             try:
                 self._lock = lock.acquire()
+                if resume and missing:
+                    raise ConfigError(f"--resume: the run folder {str(self.run_dir)!r} does not exist; check "
+                                      "--output, or start a new run without --resume")
                 S.prepare_run_dir(self.run_dir, self.resolved, resume, overwrite, apply=True)
                 self.log = MetricsLog(self.run_dir, True, self.cfg.tensorboard)
                 S.write_config(self.run_dir, self.resolved)
