@@ -170,7 +170,8 @@ def train_command(config_path, data, sets, resume, overwrite, nproc, quiet, **fl
         sys.exit(130)
     if int(os.environ.get("RANK", "0")) == 0:
         final = {k: v for k, v in summary["final"].items()}
-        _print_metrics(final, f"held-out metrics after {summary['steps']} steps "
+        cut = " (train.max_seconds reached)" if summary.get("stopped_by") == "seconds" else ""
+        _print_metrics(final, f"held-out metrics after {summary.get('steps_trained', summary['steps'])} steps{cut} "
                               f"({summary['held_out']}):")
         best = summary["best"]
         if best.get("score") is not None:
@@ -213,7 +214,9 @@ def eval_command(checkpoint, data, sets, json_path, per_item, device, variants, 
 @click.option("--output", "-o", required=True,
               help="Output file (one input: .nii.gz or .png) or folder (several inputs).")
 @click.option("--normalize", default="auto", show_default=True,
-              help="auto (as in training) | zscore | zscore-nonzero | percentile | none.")
+              help="auto: exactly the preprocessing recorded in the checkpoint (the preset's constants, "
+                   "data.transforms' orientation/spacing/normalisation) | zscore | percentile | none "
+                   "(per image, replacing the recorded intensity step).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda.")
 def predict_command(checkpoint, inputs, output, normalize, device) -> None:
     """Predict whole images (sliding window); NIfTI keeps the input's affine, PNG/JPG give PNG.

@@ -32,6 +32,8 @@ class TrainConfig:
     """
 
     steps: int = 1000               # optimiser steps (over all stages when ``stages`` is empty)
+    max_seconds: float | None = None  # wall-clock budget of the training steps (over all stages, shared
+                                    # by their steps); the schedule runs on max(step, time) progress
     lr: float = 1e-3
     weight_decay: float = 1e-4
     optimizer: str = "adamw"        # adamw | adam | sgd
@@ -102,6 +104,10 @@ def train_config_from_dict(data: Mapping[str, Any] | None) -> TrainConfig:
         _positive_int(cfg.save_every, "train.save_every")
     if cfg.threads is not None:
         _positive_int(cfg.threads, "train.threads")
+    if cfg.max_seconds is not None:
+        cfg.max_seconds = _number(cfg.max_seconds, "train.max_seconds")
+        if cfg.max_seconds <= 0:
+            raise ConfigError(f"train.max_seconds must be positive, got {cfg.max_seconds!r}")
     for key in ("lr", "weight_decay", "min_lr", "momentum", "warmup"):
         setattr(cfg, key, _number(getattr(cfg, key), f"train.{key}"))
     if cfg.clip is not None:

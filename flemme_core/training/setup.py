@@ -62,6 +62,21 @@ def seed_everything(seed: int, deterministic: bool, device: torch.device) -> Non
         torch.backends.cudnn.benchmark = False
 
 
+def peak_memory_mb(device: torch.device) -> float | None:
+    """Peak memory of this process in MiB: CUDA's max allocated on a GPU, else the peak resident
+    set size (Linux/macOS; None where ``resource`` is missing). A process-wide peak: run one
+    training per process (as ``flemme compare`` does) for a per-run figure."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        import resource
+        import sys
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
 def architecture_task(arch: str) -> str:
     """segmentation | reconstruction | generation, from the registration (or the class)."""
     from ..registry import get_registry
@@ -189,27 +204,3 @@ def resolved_config(run: RunConfig, model: dict[str, Any]) -> dict[str, Any]:
     out = run.to_dict()
     out["model"] = model
     return out
-
-
-def predict_normalization(data: dict[str, Any]) -> dict[str, Any]:
-    """How ``flemme predict`` should normalise a raw image to match training.
-
-    File sources use their ``data.transforms.normalize`` (z-score by default); presets
-    normalise inside their factory, so the closest whole-image equivalent is recorded.
-    """
-    transforms = data.get("transforms") or {}
-    norm = transforms.get("normalize", "zscore" if not data.get("preset") else None)
-    if norm is not None:
-        if isinstance(norm, str):
-            return {"name": norm}
-        if isinstance(norm, dict):
-            return {"name": "zscore", **norm}
-        return {"name": "zscore"} if norm else {"name": "none"}
-    preset = str(data.get("preset"))
-    if preset.startswith(("mni152", "colin27-aal")):
-        return {"name": "zscore-nonzero"}  # z-scored with in-brain statistics, applied everywhere
-    if preset.startswith("stardist"):
-        return {"name": "percentile", "lower": 1.0, "upper": 99.8}
-    if preset.startswith("colin27-t1"):
-        return {"name": "percentile", "lower": 0.0, "upper": 99.8, "clip": True}
-    return {"name": "none"}

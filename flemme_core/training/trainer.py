@@ -93,6 +93,9 @@ class Trainer:
         self.stage_index = 0  # the stage being trained (only the final stage's validations compete for best)
         self.step = 0
         self.step_seconds: list[float] = []  # wall time of each step (data + forward + backward + update)
+        self.train_seconds = 0.0  # sum of the step times (what train.max_seconds budgets), kept over resumes
+        self.steps_trained = 0  # optimiser updates made (fewer than the steps when max_seconds cut a stage)
+        self.stopped_by = "steps"
         self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
 
     def _claim_run_dir(self, resume: bool, overwrite: bool) -> None:
@@ -190,7 +193,7 @@ class Trainer:
         return {"step": self.step, "seed": self.cfg.seed, "task": self.task, "num_classes": info.num_classes,
                 "class_names": list(info.class_names), "roi_size": self.eval_settings.roi_size,
                 "spacing": list(info.spacing or ()), "held_out": info.held_out_description,
-                "data": self.run.data, "normalize": S.predict_normalization(self.run.data),
+                "data": self.run.data, "preprocessing": list(info.preprocessing),
                 "sw": {"sw_batch_size": self.cfg.sw_batch_size, "overlap": self.cfg.overlap,
                        "mode": self.cfg.sw_mode},
                 "metrics": self.last_val}
@@ -203,7 +206,9 @@ class Trainer:
         # the data position is a function of the step: stream positions [0, step * global batch) are consumed
         info = {"step": self.step, "stage": stage_index, "best": self.best, "finished": self.step >= self.total_steps,
                 "data_position": self.step * self.batch, "seed": self.cfg.seed,
-                "scaler": self.scaler.state_dict() if self.scaler else None, "world_size": self.ctx.world_size}
+                "scaler": self.scaler.state_dict() if self.scaler else None, "world_size": self.ctx.world_size,
+                "train_seconds": self.train_seconds, "steps_trained": self.steps_trained,
+                "stopped_by": self.stopped_by}
         save_train_state(self.run_dir, self.model, optimizer, info,
                          lambda: save_model(self.model, self.run_dir / "last.safetensors", extra=self._extra()))
 
@@ -239,6 +244,9 @@ class Trainer:
         record, tensors = (read_train_state(self.run_dir) if self.has_state else (None, None))
         if record is not None:
             self.step, self.best = int(record["step"]), record["best"]
+            self.train_seconds = float(record.get("train_seconds", 0.0))
+            self.steps_trained = int(record.get("steps_trained", self.step))
+            self.stopped_by = record.get("stopped_by", "steps")
             self.log.truncate(self.step)
             if record.get("scaler") and self.scaler:
                 self.scaler.load_state_dict(record["scaler"])
@@ -302,7 +310,11 @@ class Trainer:
         self.model.train()
         self._tick = time.perf_counter()
         for batch in loader:
-            lr = schedule.apply(self.step - stage["start"])
+            position = self._position(stage)
+            if position >= stage["steps"]:  # train.max_seconds: this stage's share of the time is spent
+                self.step, self.stopped_by = stage["end"], "seconds"
+                break
+            lr = schedule.apply(position)
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             with autocast(self.device, self.amp):
                 loss, logs = forward(batch)
@@ -321,7 +333,9 @@ class Trainer:
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             self.step += 1
+            self.steps_trained += 1
             self.step_seconds.append(time.perf_counter() - self._tick)
+            self.train_seconds += self.step_seconds[-1]
             terms = {"loss": value, **{k: float(v) for k, v in (logs or {}).items()},
                      **getattr(self.criterion, "last", {})}
             for k, v in terms.items():
@@ -346,6 +360,21 @@ class Trainer:
                 postfix[self.monitor] = self.last_val[self.monitor]
             progress.update(self.step, postfix)
             self._tick = time.perf_counter()  # validation and checkpoints are not step time
+
+    def _position(self, stage: dict[str, Any]) -> float:
+        """Progress through the stage in steps: the step, or with ``train.max_seconds`` the larger of
+        the step and the time spent (stage ``i`` owns the budget's window ``[T_{i-1}, T_i)`` with
+        ``T_i = max_seconds * end_i / total``; time a stage leaves unused passes to the next), so the
+        warm-up and decay of the schedule follow whichever budget binds."""
+        steps = self.step - stage["start"]
+        budget = self.cfg.max_seconds
+        if not budget:
+            return steps
+        spent = self.train_seconds
+        if self.ctx.enabled:  # every rank must agree (same lr, same stopping step)
+            spent = float(all_reduce_sum(torch.tensor([spent], dtype=torch.float64), self.ctx)[0]) / self.ctx.world_size
+        t0, t1 = (budget * stage[k] / self.total_steps for k in ("start", "end"))
+        return max(float(steps), (spent - t0) / max(t1 - t0, 1e-9) * stage["steps"])
 
     def _mean_over_ranks(self, sums: dict[str, float], count: int) -> dict[str, float]:
         """Interval means of the logged terms, averaged over processes (same keys on every rank)."""
@@ -380,6 +409,9 @@ class Trainer:
         return {"run_dir": str(self.run_dir), "steps": self.step, "task": self.task, "monitor": self.monitor,
                 "best": self.best, "final": self.last_val, "seconds": seconds,
                 "seconds_per_step": _median(self.step_seconds[3:] or self.step_seconds),
+                "steps_trained": self.steps_trained, "train_seconds": self.train_seconds,
+                "stopped_by": self.stopped_by, "max_seconds": self.cfg.max_seconds,
+                "peak_memory_mb": S.peak_memory_mb(self.device),
                 "held_out": self.info.held_out_description, "data": self.info.name,
                 "world_size": self.ctx.world_size}
 
