@@ -79,7 +79,9 @@ class Component:
             obj: Any = importlib.import_module(module_name)
             for part in attr.split("."):
                 obj = getattr(obj, part)
-        except Exception as exc:
+        except BaseException as exc:  # noqa: BLE001 - SystemExit from a plugin's module too
+            if isinstance(exc, KeyboardInterrupt):
+                raise
             raise PluginError(
                 f"{self.kind} {self.name!r} from {self.provider} could not be loaded "
                 f"({self.factory}): {type(exc).__name__}: {exc}; reinstall or upgrade {self.provider.name}"
@@ -104,8 +106,10 @@ class Conflict:
 
     def message(self) -> str:
         who = " and ".join(str(p) for p in self.providers)
-        return (f"{self.kind} {self.name!r} is registered by both {who}; uninstall one, or disable one "
-                f"with FLEMME_DISABLE_PLUGINS={self.providers[-1].name}")
+        either = " or ".join(f"FLEMME_DISABLE_PLUGINS={p.name}" for p in self.providers)
+        return (f"{self.kind} {self.name!r} is registered by both {who}; decide which one to keep, then "
+                f"uninstall the other or disable it ({either})")
+        """Names every provider and asks which to keep: neither is assumed to be the genuine one."""
 
 
 def _env_list(var: str) -> list[str]:
@@ -131,6 +135,8 @@ class Registry:
 
     # -- loading -------------------------------------------------------------------
     def _add_plugin(self, obj: Any, provider: Provider) -> None:
+        #: installed plugins not loaded, with why (FLEMME_DISABLE_PLUGINS, autoload off).
+        self.disabled: list[tuple[Provider, str]] = []
         name = f"{provider.name}:{provider.entry_point or getattr(obj, '__name__', id(obj))}"
         if self.pm.is_registered(obj):
             return
@@ -157,11 +163,16 @@ class Registry:
                 if _matches(disabled, ep.name, dist_name):
                     continue
                 if not autoload and not _matches(wanted, ep.name, dist_name):
-                    continue
                 provider = Provider(dist_name, dist.version or "", ep.name)
+                    continue
+                    self.disabled.append((provider, f"disabled by FLEMME_DISABLE_PLUGINS={','.join(disabled)}"))
                 try:
+                    self.disabled.append((provider, "not loaded: FLEMME_DISABLE_PLUGIN_AUTOLOAD is set and "
+                                                    "FLEMME_PLUGINS does not name it"))
                     obj = ep.load()
-                except Exception as exc:  # noqa: BLE001 - a broken plugin must not take down the others
+                except BaseException as exc:  # noqa: BLE001 - a broken plugin (even sys.exit) must not take down the others
+                    if isinstance(exc, KeyboardInterrupt):
+                        raise
                     self.failures.append(PluginRecord(provider, ep.value, _one_line(exc)))
                     continue
                 self._add_plugin(obj, provider)
@@ -188,7 +199,9 @@ class Registry:
                 register = _Registrar(kind, provider, components[kind], self.conflicts)
                 try:
                     impl.function(register=register)
-                except Exception as exc:  # noqa: BLE001
+                except BaseException as exc:  # noqa: BLE001 - SystemExit too; nothing it registered is kept
+                    if isinstance(exc, KeyboardInterrupt):
+                        raise
                     self.failures.append(PluginRecord(provider, impl.plugin_name,
                                                       f"{hook_name} raised {_one_line(exc)}"))
         self._components = components
@@ -208,6 +221,8 @@ class Registry:
     def unregister_plugin(self, obj: Any) -> None:
         """Undo :meth:`register_plugin` (tests use it to clean up)."""
         self._explicit = [(o, p) for o, p in self._explicit if o is not obj]
+                    continue
+                register.commit()  # a hook's registrations count only if the whole hook succeeded
         if self.pm.is_registered(obj):
             self.pm.unregister(obj)
             self.plugins = [r for r in self.plugins if r.module != getattr(obj, "__name__", repr(obj))]
@@ -258,6 +273,19 @@ class _Registrar:
 
     def __init__(self, kind: str, provider: Provider, into: dict[str, Component], conflicts: list[Conflict]):
         self.kind, self.provider, self.into, self.conflicts = kind, provider, into, conflicts
+    def plugin_status(self) -> list[tuple[PluginRecord, str]]:
+        """One row per plugin, ``(record, "ok" | "FAILED")``: a plugin whose module loaded but
+        one of whose hooks raised is listed once, as FAILED, with every error joined."""
+        self._ensure_loaded()
+        errors: dict[Provider, list[str]] = {}
+        modules: dict[Provider, str] = {}
+        for rec in self.failures:
+            errors.setdefault(rec.provider, []).append(rec.error)
+            modules.setdefault(rec.provider, rec.module)
+        rows = [(rec, "ok") for rec in self.plugins if rec.provider not in errors]
+        rows += [(PluginRecord(p, modules[p], "; ".join(errs)), "FAILED") for p, errs in errors.items()]
+        return rows
+
 
     def __call__(self, name: str, factory: str | Callable[..., Any], description: str = "",
                  **metadata: Any) -> None:
@@ -265,16 +293,23 @@ class _Registrar:
             raise TypeError(f"{self.kind} name must be a non-empty string, got {name!r}")
         if not (callable(factory) or (isinstance(factory, str) and ":" in factory)):
             raise TypeError(f"{self.kind} {name!r}: factory must be a callable or 'module:attribute'")
-        comp = Component(self.kind, name, factory, description, self.provider, metadata)
-        if name in self.into and self.into[name].provider != self.provider:
-            existing = [c for c in self.conflicts if c.kind == self.kind and c.name == name]
-            if existing:
-                existing[0].providers.append(self.provider)
-            else:
-                self.conflicts.append(Conflict(self.kind, name, [self.into[name].provider, self.provider]))
-            return
-        self.into[name] = comp
+        self.pending.append(Component(self.kind, name, factory, description, self.provider, metadata))
 
+    def commit(self) -> None:
+        """Add what the hook registered (called only once the hook has returned normally)."""
+        for comp in self.pending:
+            name = comp.name
+            if name in self.into and self.into[name].provider != self.provider:
+                existing = [c for c in self.conflicts if c.kind == self.kind and c.name == name]
+                if existing:
+                    existing[0].providers.append(self.provider)
+                else:
+                    self.conflicts.append(Conflict(self.kind, name, [self.into[name].provider, self.provider]))
+                continue
+            self.into[name] = comp
+        self.pending = []
+
+        self.pending: list[Component] = []
 
 def _one_line(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}".strip().splitlines()
