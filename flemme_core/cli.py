@@ -141,10 +141,11 @@ def list_plugins(requirements: bool) -> None:
             seen.add(rec.provider.name)
             click.echo(f"{rec.provider.name}=={rec.provider.version}")
         return
-    for rec, status in registry.plugin_status():  # one row per plugin: a half-failed one is FAILED
+    for rec in loaded:
         where = "built in" if rec.provider.entry_point == "builtin" else rec.module
-        click.echo(f"{rec.provider.name:<20} {rec.provider.version:<10} {status:<7} "
-                   + (rec.error if status == "FAILED" else where))
+        click.echo(f"{rec.provider.name:<20} {rec.provider.version:<10} ok      {where}")
+    for rec in failed:
+        click.echo(f"{rec.provider.name:<20} {rec.provider.version:<10} FAILED  {rec.error}")
     for line in [c.message() for c in registry.conflicts] + shadowed_commands():
         click.secho(f"problem: {line}", fg="yellow", err=True)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from flemme_mmfd.lora import LoRAConv, LoRALinear, add_lora
+from flemme_core.lora import LoRAConv, LoRALinear, add_lora
 from mmfd_testutil import probe
 
 from flemme_core import build_model

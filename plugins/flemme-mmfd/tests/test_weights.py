@@ -6,7 +6,7 @@ import warnings
 
 import pytest
 import torch
-from flemme_mmfd.weights import remap_keys
+from flemme_core.weights import remap_keys
 from mmfd_testutil import probe
 from safetensors.torch import save_file
 

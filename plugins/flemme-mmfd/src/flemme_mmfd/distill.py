@@ -194,7 +194,7 @@ class Distill(Architecture):
         trained; with the fusion's ``residual`` on the same branch the teacher starts as
         exactly that branch's model, and its stage can only refine it.
         """
-        from .weights import load_into, read_safetensors
+        from flemme_core.weights import load_into, read_safetensors
 
         encoder = self.teacher.encoder
         if not hasattr(encoder, "branches"):
