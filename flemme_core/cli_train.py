@@ -225,7 +225,8 @@ def predict_command(checkpoint, inputs, output, normalize, device) -> None:
     """
     from .training.inference import predict_files
 
-    for src, dst in predict_files(checkpoint, list(inputs), output, normalize=normalize, device=device):
+    for src, dst in predict_files(checkpoint, list(inputs), output, normalize=normalize, device=device,
+                                  log=lambda text: click.echo(text, err=True)):
         click.echo(f"{src} -> {dst}")
 
 

@@ -23,6 +23,7 @@ from typing import Any
 from ..errors import ConfigError, unknown_name_message
 from . import checks
 from .errors import DataError
+from .preprocessing import check_steps, from_transforms
 from .transforms import build_transforms, check_pipeline, parse_transforms
 
 
@@ -96,6 +97,9 @@ class DataInfo:
     num_held_out: int
     spacing: tuple[float, ...] = ()
     class_names: list[str] = field(default_factory=list)
+    #: every deterministic step from a raw source image to the model's input
+    #: (:mod:`.preprocessing`): the preset's own, then ``data.transforms``'. Stored in checkpoints.
+    preprocessing: list[dict] = field(default_factory=list)
 
     @property
     def out_channels(self) -> int:
@@ -192,6 +196,7 @@ def build_datasets(data: Mapping[str, Any] | DataConfig, *, seed: int = 0) -> tu
         train_items, val_items = splits.train, splits.held_out
         patch = cfg.patch_size or (list(splits.patch_size) if splits.patch_size else None)
         desc, spacing, class_names = splits.held_out_description, tuple(splits.spacing), list(splits.class_names)
+        steps = check_steps(splits.preprocessing, f"preset {cfg.preset}: preprocessing")
         if task == "reconstruction" and "kspace" not in section and "denoise" not in section:
             section["kspace"] = True  # an image-only preset needs an input/target pair
     else:
@@ -209,6 +214,7 @@ def build_datasets(data: Mapping[str, Any] | DataConfig, *, seed: int = 0) -> tu
         dims, patch, class_names = len(facts[0].spatial), cfg.patch_size, []
         spacing = facts[0].spacing
         section.setdefault("normalize", "zscore")
+        steps = []
     if "kspace" in section or "denoise" in section:
         task = "reconstruction"
     if patch is not None and len(patch) != dims:
@@ -242,7 +248,7 @@ def build_datasets(data: Mapping[str, Any] | DataConfig, *, seed: int = 0) -> tu
                     num_classes=num_classes if task == "segmentation" else 0,
                     patch_size=tuple(patch) if patch else None, held_out_description=desc,
                     num_train=len(train_items), num_held_out=len(val_items), spacing=spacing,
-                    class_names=class_names)
+                    class_names=class_names, preprocessing=steps + from_transforms(parsed))
     return train_ds, val_ds, info
 
 

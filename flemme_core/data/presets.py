@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DataError
+from .preprocessing import linear
 from .splits import DatasetSplits, Item
 from .synthetic import synthetic_2d, synthetic_3d  # noqa: F401 - registered as presets:synthetic_*
 
@@ -41,21 +42,26 @@ def _need(module: str, preset: str, install: str) -> Any:
         raise DataError(f"preset {preset!r} needs {module.split('.')[0]} ({exc}); install it with: {install}") from exc
 
 
-def zscore_in_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """(image - mean) / std with the statistics of the voxels inside ``mask`` (applied everywhere)."""
+def zscore_in_mask(image: np.ndarray, mask: np.ndarray, what: str = "mask") -> tuple[np.ndarray, dict]:
+    """(image - mean) / std with the statistics of the voxels inside ``mask`` (applied everywhere),
+    and that step with its constants (for ``flemme predict``)."""
     inside = image[mask]
-    return ((image - inside.mean()) / max(float(inside.std()), 1e-8)).astype(np.float32)
+    mean, std = float(inside.mean()), max(float(inside.std()), 1e-8)
+    step = linear(mean, std, why=f"z-score with the mean/std inside the {what} of the whole source volume")
+    return ((image - mean) / std).astype(np.float32), step
 
 
-def percentile_scale(image: np.ndarray, lower: float = 1.0, upper: float = 99.8) -> np.ndarray:
-    """Map the ``lower``/``upper`` percentiles of the whole image to 0/1 (no clipping), as stardist does."""
-    lo, hi = np.percentile(image, [lower, upper])
-    return ((image.astype(np.float32) - lo) / max(float(hi - lo), 1e-8)).astype(np.float32)
+def percentile_scale(image: np.ndarray, lower: float = 1.0, upper: float = 99.8) -> tuple[np.ndarray, dict]:
+    """Map the ``lower``/``upper`` percentiles of the whole image to 0/1 (no clipping), as stardist does,
+    and that step with its constants."""
+    lo, hi = (float(v) for v in np.percentile(image, [lower, upper]))
+    step = linear(lo, max(hi - lo, 1e-8), why=f"percentiles {lower}-{upper} of the whole source image -> 0..1")
+    return ((image.astype(np.float32) - lo) / max(hi - lo, 1e-8)).astype(np.float32), step
 
 
 # -- MNI152 ---------------------------------------------------------------------------
-def _mni152(resolution: int, preset: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """z-scored T1, tissue labels (0 bg, 1 CSF, 2 GM, 3 WM), brain mask and affine."""
+def _mni152(resolution: int, preset: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+    """z-scored T1, tissue labels (0 bg, 1 CSF, 2 GM, 3 WM), brain mask, affine and the z-score step."""
     if resolution not in (1, 2):
         from ..errors import ConfigError
 
@@ -68,8 +74,8 @@ def _mni152(resolution: int, preset: str) -> tuple[np.ndarray, np.ndarray, np.nd
     csf = np.clip(mask.astype(np.float64) - gm - wm, 0.0, None)
     tissue = np.argmax(np.stack([csf, gm, wm]), axis=0) + 1
     label = np.where(mask, tissue, 0).astype(np.int64)
-    image = zscore_in_mask(t1.get_fdata(), mask)
-    return image, label, mask, np.asarray(t1.affine)
+    image, step = zscore_in_mask(t1.get_fdata(), mask, "brain mask")
+    return image, label, mask, np.asarray(t1.affine), step
 
 
 def _posterior_first(affine: np.ndarray) -> tuple[int, bool]:
@@ -101,7 +107,7 @@ def _box(region: tuple[slice, ...], shape: tuple[int, ...]) -> list[list[int]]:
 
 def mni152_tissue_3d(resolution: int = 2) -> DatasetSplits:
     """MNI152 T1 volume, 4-class tissue labels; posterior half trains, anterior half is held out."""
-    image, label, mask, affine = _mni152(resolution, "mni152-tissue-3d")
+    image, label, mask, affine, step = _mni152(resolution, "mni152-tissue-3d")
     post, ant, cut, axis = _ap_halves(image, label, mask, affine)
     train = [{"image": image[post][None].copy(), "label": label[post][None].copy()}]
     held = [{"image": image[ant][None].copy(), "label": label[ant][None].copy()}]
@@ -112,12 +118,13 @@ def mni152_tissue_3d(resolution: int = 2) -> DatasetSplits:
                               f"the middle of the brain mask's extent); trained on the posterior half"),
         patch_size=(64, 48, 64) if resolution == 2 else (96, 96, 96), source=NILEARN_SOURCE,
         train_where=[{"box": _box(post, mask.shape)}], held_out_where=[{"box": _box(ant, mask.shape)}],
+        preprocessing=[step],
     )
 
 
 def mni152_tissue_2d(resolution: int = 2) -> DatasetSplits:
     """Axial slices (those with brain) of MNI152: posterior half of each slice trains, anterior half is held out."""
-    image, label, mask, affine = _mni152(resolution, "mni152-tissue-2d")
+    image, label, mask, affine, step = _mni152(resolution, "mni152-tissue-2d")
     post, ant, cut, axis = _ap_halves(image, label, mask, affine)
     if axis != 1:  # nilearn's template is RAS; slicing below assumes (x, y, z)
         raise DataError(f"mni152-tissue-2d: expected the A-P axis to be array axis 1, found {axis}")
@@ -135,19 +142,21 @@ def mni152_tissue_2d(resolution: int = 2) -> DatasetSplits:
         patch_size=(96, 48) if resolution == 2 else (192, 96), source=NILEARN_SOURCE,
         train_where=[{"box": _box(post, mask.shape)[:2], "z": z} for z in slices],
         held_out_where=[{"box": _box(ant, mask.shape)[:2], "z": z} for z in slices],
+        preprocessing=[step],
     )
 
 
 # -- stardist ---------------------------------------------------------------------------
-def _stardist(kind: str, preset: str) -> tuple[np.ndarray, np.ndarray]:
+def _stardist(kind: str, preset: str) -> tuple[np.ndarray, np.ndarray, dict]:
     data = _need("stardist.data", preset, "pip install 'flemme-core[data]' (or pip install stardist)")
     image, mask = getattr(data, f"test_image_nuclei_{kind}")(return_mask=True)
-    return percentile_scale(np.asarray(image), 1.0, 99.8), (np.asarray(mask) > 0).astype(np.int64)
+    scaled, step = percentile_scale(np.asarray(image), 1.0, 99.8)
+    return scaled, (np.asarray(mask) > 0).astype(np.int64), step
 
 
 def stardist_nuclei_2d() -> DatasetSplits:
     """512x512 nuclei, foreground = mask > 0; three 256x256 quadrants train, the bottom-right is held out."""
-    image, label = _stardist("2d", "stardist-nuclei-2d")
+    image, label, step = _stardist("2d", "stardist-nuclei-2d")
     h, w = image.shape[0] // 2, image.shape[1] // 2
     quads = {"top-left": (slice(0, h), slice(0, w)), "top-right": (slice(0, h), slice(w, None)),
              "bottom-left": (slice(h, None), slice(0, w)), "bottom-right": (slice(h, None), slice(w, None))}
@@ -157,7 +166,7 @@ def stardist_nuclei_2d() -> DatasetSplits:
         held_out=[items["bottom-right"]], num_classes=2, dims=2, task="segmentation", spacing=(1.0, 1.0),
         class_names=["background", "nucleus"], patch_size=(128, 128), source=STARDIST_SOURCE,
         train_where=[{"box": _box(quads[k], image.shape)} for k in ("top-left", "top-right", "bottom-left")],
-        held_out_where=[{"box": _box(quads["bottom-right"], image.shape)}],
+        held_out_where=[{"box": _box(quads["bottom-right"], image.shape)}], preprocessing=[step],
         held_out_description=(f"bottom-right {h}x{w} quadrant (rows >= {h}, cols >= {w}) of the 2D nuclei "
                               "image; trained on the other three quadrants"),
     )
@@ -165,7 +174,7 @@ def stardist_nuclei_2d() -> DatasetSplits:
 
 def stardist_nuclei_3d(cut: int = 40) -> DatasetSplits:
     """31x61x57 (z, y, x) nuclei volume, foreground = mask > 0; y < ``cut`` trains, y >= ``cut`` is held out."""
-    image, label = _stardist("3d", "stardist-nuclei-3d")
+    image, label, step = _stardist("3d", "stardist-nuclei-3d")
     if not 16 <= cut <= image.shape[1] - 8:
         raise DataError(f"stardist-nuclei-3d: cut {cut} leaves too little data; use 16..{image.shape[1] - 8}")
     train = [{"image": image[None, :, :cut].copy(), "label": label[None, :, :cut].copy()}]
@@ -175,6 +184,7 @@ def stardist_nuclei_3d(cut: int = 40) -> DatasetSplits:
         spacing=(1.0, 1.0, 1.0), class_names=["background", "nucleus"], patch_size=(16, 32, 32),
         source=STARDIST_SOURCE, train_where=[{"box": [[0, image.shape[0]], [0, cut], [0, image.shape[2]]]}],
         held_out_where=[{"box": [[0, image.shape[0]], [cut, image.shape[1]], [0, image.shape[2]]]}],
+        preprocessing=[step],
         held_out_description=(f"y >= {cut} slab ({image.shape[0]}x{image.shape[1] - cut}x{image.shape[2]}) of the "
                               f"3D nuclei volume (axes z, y, x); trained on y < {cut}"),
     )
@@ -205,7 +215,7 @@ def colin27_aal_2d(skull_stripped: bool = True) -> DatasetSplits:
     values = np.unique(raw)  # 0 plus the 116 region codes: map to 0..116 whatever the codes are
     label = np.searchsorted(values, raw).astype(np.int64)
     image = np.asarray(t1.dataobj).astype(np.float32)
-    image = zscore_in_mask(image, (image > 0) | (label > 0))
+    image, step = zscore_in_mask(image, (image > 0) | (label > 0), "brain (image > 0 or labelled)")
     with_labels = [z for z in range(label.shape[2]) if label[..., z].any()]
     tr, ho = _z_split(label.shape[2], with_labels)
 
@@ -217,7 +227,7 @@ def colin27_aal_2d(skull_stripped: bool = True) -> DatasetSplits:
         name="colin27-aal-2d", train=take(tr), held_out=take(ho), num_classes=len(values), dims=2,
         task="segmentation", spacing=(1.0, 1.0), affine=np.asarray(t1.affine), class_names=names,
         patch_size=(128, 128), source=COLIN_SOURCE, train_where=[{"z": z} for z in tr],
-        held_out_where=[{"z": z} for z in ho],
+        held_out_where=[{"z": z} for z in ho], preprocessing=[step],
         held_out_description=(f"{len(ho)} axial slices with z mod 10 == 8 of Colin27; trained on {len(tr)} slices "
                               "with z mod 10 in 0..6 (7 and 9 unused guard bands)"),
     )
@@ -260,8 +270,10 @@ def colin27_t1_2d(fallback: bool = True, downsample: int = 1) -> DatasetSplits:
     volume = np.clip(volume / max(hi, 1e-8), 0.0, 1.0).astype(np.float32)
     with_signal = [z for z in range(volume.shape[2]) if (volume[..., z] > 0.05).mean() > 0.02]
     tr, ho = _z_split(volume.shape[2], with_signal)
+    note = ""
     if downsample > 1:
         volume = _downsample_in_plane(volume, int(downsample))
+        note = f"; slices were also block-averaged {int(downsample)}x in-plane: predict on such slices"
 
     def take(zs: list[int]) -> list[Item]:
         return [{"image": volume[None, :, :, z].copy()} for z in zs]
@@ -271,6 +283,8 @@ def colin27_t1_2d(fallback: bool = True, downsample: int = 1) -> DatasetSplits:
         spacing=(float(downsample),) * 2, affine=affine, patch_size=(128, 128) if downsample == 1 else None,
         source=source,
         train_where=[{"z": z} for z in tr], held_out_where=[{"z": z} for z in ho],
+        preprocessing=[linear(0.0, max(hi, 1e-8), clip=[0.0, 1.0],
+                              why=f"divided by the 99.8th percentile of the whole volume's non-zero voxels{note}")],
         held_out_description=(f"{len(ho)} axial slices with z mod 10 == 8 of {what}; trained on {len(tr)} slices "
                               "with z mod 10 in 0..6"),
     )

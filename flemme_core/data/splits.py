@@ -40,6 +40,11 @@ class DatasetSplits:
     #: ``{"box": [[start, stop], ...]}`` per source axis and/or ``{"z": index}`` for a slice.
     train_where: list[dict] = field(default_factory=list)
     held_out_where: list[dict] = field(default_factory=list)
+    #: what the factory did to the source images' intensities, as steps
+    #: (:mod:`flemme_core.data.preprocessing`, e.g. ``linear(mean, std)`` with whole-image
+    #: statistics): stored in every checkpoint trained on the preset, so that ``flemme predict``
+    #: reads a raw image exactly as training saw it. Empty: items are the raw images.
+    preprocessing: list[dict] = field(default_factory=list)
 
     @property
     def in_channels(self) -> int:

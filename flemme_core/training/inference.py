@@ -8,7 +8,7 @@ raw image the way training saw it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from .metrics import TASK_METRICS, labels_from_logits
 from .profiling import count_parameters, cpu_latency_ms
 from .setup import pick_device
 
-NORMALIZERS = ("auto", "zscore", "zscore-nonzero", "percentile", "none")
+NORMALIZERS = ("auto", "zscore", "percentile", "none")
 
 
 def _load(checkpoint: str | Path, device: str) -> tuple[Any, dict[str, Any], torch.device]:
@@ -113,50 +113,58 @@ def _metrics(model: Any, val_ds: Any, train_ds: Any, settings: EvalSettings,
     return evaluate(model, val_ds, settings, per_item=per_item, keep_example=False)
 
 
-def normalize_image(x: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
-    """Intensity normalisation of a (C, *S) image as training applied it."""
-    name = spec.get("name", "none")
-    x = x.astype(np.float32)
-    if name == "none":
-        return x
-    out = np.empty_like(x)
-    for c in range(x.shape[0]):
-        ch = x[c]
-        if name == "zscore-nonzero":  # statistics of the non-zero voxels, applied everywhere
-            inside = ch[ch != 0] if np.any(ch != 0) else ch.ravel()
-            out[c] = (ch - inside.mean()) / max(float(inside.std()), 1e-8)
-        elif name == "zscore":
-            from monai.transforms import NormalizeIntensity
+def _preprocessing(option: str, extra: dict[str, Any], image: np.ndarray) -> list[dict[str, Any]]:
+    """The steps ``predict`` applies: the checkpoint's recorded preprocessing (``auto``), or its
+    geometric steps with the intensity step ``option`` instead."""
+    from ..data.preprocessing import GEOMETRIC, check_steps, linear
 
-            out[c] = np.asarray(NormalizeIntensity(nonzero=bool(spec.get("nonzero", False)))(ch))
-        elif name == "percentile":
-            lo, hi = np.percentile(ch, [float(spec.get("lower", 1.0)), float(spec.get("upper", 99.8))])
-            out[c] = (ch - lo) / max(float(hi - lo), 1e-8)
-            if spec.get("clip"):
-                out[c] = np.clip(out[c], 0.0, 1.0)
-        else:
-            raise ConfigError(f"unknown normalisation {name!r}; use one of {', '.join(NORMALIZERS)}")
-    return out
-
-
-def _normalize_spec(option: str, extra: dict[str, Any]) -> dict[str, Any]:
     if option not in NORMALIZERS:
         from ..errors import unknown_name_message
 
         raise ConfigError(unknown_name_message("--normalize value", option, NORMALIZERS))
+    if "preprocessing" in extra:
+        recorded = check_steps(extra["preprocessing"], "the checkpoint's preprocessing")
+    else:  # checkpoints written before the preprocessing was recorded: their one normalisation entry
+        legacy = dict(extra.get("normalize") or {"name": "none"})
+        if legacy["name"] == "zscore-nonzero":  # statistics of this image's non-zero voxels, applied everywhere
+            inside = image[image != 0] if np.any(image != 0) else image.ravel()
+            legacy = linear(float(inside.mean()), max(float(inside.std()), 1e-8))
+        recorded = [] if legacy["name"] == "none" else check_steps([legacy], "the checkpoint's normalize entry")
     if option == "auto":
-        return dict(extra.get("normalize") or {"name": "none"})
-    return {"name": option}
+        return recorded
+    geometric = [s for s in recorded if s["name"] in GEOMETRIC]
+    return geometric + ([] if option == "none" else [{"name": option}])
+
+
+def predict_image(model: Any, img: Any, steps: list[dict[str, Any]], settings: EvalSettings) -> torch.Tensor:
+    """The model's output on the grid of ``img`` (an :class:`~flemme_core.data.io.ImageFile`): the
+    recorded steps are applied (orientation/spacing resample the input, and the output is
+    resampled back with MONAI's inverse), then sliding-window inference. Returns ``(C, *S)``."""
+    from ..data.preprocessing import apply_intensity, geometric
+
+    geo = geometric(steps)
+    if geo is None:
+        x = torch.from_numpy(apply_intensity(img.array, steps))[None]
+        return infer(model, x, settings)[0].cpu()
+    from monai.data import MetaTensor
+
+    moved = geo(MetaTensor(torch.from_numpy(img.array), affine=torch.as_tensor(img.affine)))
+    x = torch.from_numpy(apply_intensity(np.asarray(moved), steps))[None]
+    out = infer(model, x, settings)[0].cpu()
+    back = geo.inverse(MetaTensor(out, affine=moved.affine, applied_operations=list(moved.applied_operations)))
+    return torch.as_tensor(np.asarray(back))
 
 
 def predict_files(checkpoint: str | Path, inputs: Sequence[str | Path], output: str | Path,
-                  normalize: str = "auto", device: str = "auto") -> list[tuple[Path, Path]]:
-    """Predict every input image; returns (input, written file) pairs."""
+                  normalize: str = "auto", device: str = "auto",
+                  log: Callable[[str], None] | None = None) -> list[tuple[Path, Path]]:
+    """Predict every input image with the checkpoint's recorded preprocessing; returns
+    (input, written file) pairs. ``log`` receives what was applied (once)."""
     from ..data import output_path_for, read_image, write_prediction
+    from ..data.preprocessing import describe
 
     model, extra, dev = _load(checkpoint, device)
     settings = _settings(model, extra, dev)
-    spec = _normalize_spec(normalize, extra)
     output = Path(output)
     single_file = len(inputs) == 1 and output.name.lower().endswith((".nii", ".nii.gz", ".png", ".jpg", ".jpeg"))
     written = []
@@ -169,10 +177,12 @@ def predict_files(checkpoint: str | Path, inputs: Sequence[str | Path], output: 
         if img.array.shape[0] != cfg.in_channels:
             raise ShapeError(f"{src} has {img.array.shape[0]} channel(s) but the model takes {cfg.in_channels}; "
                              "convert the image (e.g. to grayscale)")
-        x = torch.from_numpy(normalize_image(img.array, spec))[None]
-        out = infer(model, x, settings)
+        steps = _preprocessing(normalize, extra, img.array)
+        if log is not None and not written:
+            log(f"preprocessing ({'recorded in the checkpoint' if normalize == 'auto' else '--normalize'}): "
+                f"{describe(steps)}")
+        out = predict_image(model, img, steps, settings)[None]
         pred = labels_from_logits(out)[0].to(torch.int64) if model.task == "segmentation" else out[0]
         dst = output if single_file else output_path_for(src, output)
         written.append((Path(src), write_prediction(pred.cpu().numpy(), dst, like=img)))
     return written
-

@@ -1,0 +1,124 @@
+"""`flemme predict` replays the preprocessing recorded in the checkpoint: a preset's whole-image
+constants (also for a dataset registered by a plugin), and data.transforms' geometry."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from flemme_core.cli import main
+from flemme_core.data.preprocessing import linear
+from flemme_core.data.splits import DatasetSplits
+from flemme_core.hookspecs import hookimpl
+from flemme_core.registry import get_registry
+from flemme_core.training.config import run_config_from_dict
+
+OFFSET, SCALE = 1000.0, 400.0
+
+
+def _raw_volume() -> tuple[np.ndarray, np.ndarray]:
+    """A raw 'scanner' volume (intensities around 1000) with two classes; y < 24 trains, y >= 24 is held out."""
+    rng = np.random.default_rng(3)
+    label = np.zeros((24, 40, 24), dtype=np.int64)
+    for _ in range(6):
+        c = rng.integers(4, 20, size=3) * np.array([1, 2, 1])
+        label[c[0] - 3:c[0] + 3, c[1] - 3:c[1] + 3, c[2] - 3:c[2] + 3] = 1
+    raw = OFFSET + SCALE * (label + rng.normal(0, 0.3, label.shape))
+    return raw.astype(np.float32), label
+
+
+def plugin_preset() -> DatasetSplits:
+    raw, label = _raw_volume()
+    mean, std = float(raw.mean()), float(raw.std())  # statistics of the WHOLE source volume
+    image = (raw - mean) / std
+    return DatasetSplits(
+        "raw-plugin-3d", train=[{"image": image[None, :, :24].copy(), "label": label[None, :, :24].copy()}],
+        held_out=[{"image": image[None, :, 24:].copy(), "label": label[None, :, 24:].copy()}], num_classes=2,
+        dims=3, held_out_description="y >= 24", patch_size=(16, 16, 16), spacing=(1.0, 1.0, 1.0),
+        preprocessing=[linear(mean, std, why="z-score with the whole volume's statistics")])
+
+
+class Plugin:
+    @hookimpl
+    def register_datasets(self, register):
+        register("raw-plugin-3d", plugin_preset, description="raw volume, whole-volume z-score", dims=3,
+                 task="segmentation", num_classes=2)
+
+
+@pytest.fixture(scope="module")
+def plugin_checkpoint(tmp_path_factory):
+    from flemme_core.training import train
+
+    plugin = Plugin()
+    get_registry().register_plugin(plugin, name="raw-plugin")
+    out = tmp_path_factory.mktemp("pp") / "run"
+    run = {"model": {"arch": "unet", "encoder": {"name": "cnn", "channels": [4, 8], "norm": "instance"}},
+           "data": {"preset": "raw-plugin-3d", "batch_size": 2},
+           "train": {"steps": 6, "lr": 0.01, "warmup": 0, "val_every": 0, "threads": 1, "progress": False,
+                     "output": str(out)}}
+    try:
+        train(run_config_from_dict(run), quiet=True)
+        yield str(out / "last.safetensors")
+    finally:
+        get_registry().unregister_plugin(plugin)
+
+
+def test_predict_on_a_raw_crop_of_a_plugin_preset_sees_what_evaluation_saw(tmp_path, plugin_checkpoint):
+    from flemme_core.checkpoint import load_model
+    from flemme_core.training.evaluation import EvalSettings, infer
+    from flemme_core.training.metrics import labels_from_logits
+
+    raw, _ = _raw_volume()
+    crop = raw[:, 24:]  # the held-out region, as a user would cut it from the raw scan
+    src = tmp_path / "crop.nii.gz"
+    nib.save(nib.Nifti1Image(crop, np.eye(4)), str(src))
+    dst = tmp_path / "seg.nii.gz"
+    result = CliRunner().invoke(main, ["predict", plugin_checkpoint, str(src), "-o", str(dst)])
+    assert result.exit_code == 0, result.output
+    predicted = np.asarray(nib.load(str(dst)).dataobj)
+
+    model = load_model(plugin_checkpoint).eval()
+    held_out = plugin_preset().held_out[0]["image"]  # exactly what evaluation fed the model
+    settings = EvalSettings(task="segmentation", metrics=[], roi_size=[16, 16, 16], sw_batch_size=4)
+    expected = labels_from_logits(infer(model, torch.from_numpy(held_out)[None], settings))[0, 0].numpy()
+    assert expected.any() and not expected.all()  # a prediction worth comparing
+    np.testing.assert_array_equal(predicted, expected)
+    # what predict did before the steps were recorded (no step for an unknown preset): not the same input
+    raw_dst = tmp_path / "raw.nii.gz"
+    CliRunner().invoke(main, ["predict", plugin_checkpoint, str(src), "-o", str(raw_dst), "--normalize", "none"])
+    assert not np.array_equal(np.asarray(nib.load(str(raw_dst)).dataobj), expected)
+    meta = model.checkpoint_metadata["extra"]["preprocessing"]
+    assert meta[0]["name"] == "linear" and meta[0]["subtract"] == pytest.approx(float(_raw_volume()[0].mean()))
+
+
+def test_file_source_steps_are_recorded_and_the_geometry_is_inverted():
+    """orientation + spacing + z-score from data.transforms; predict resamples back onto the input grid."""
+    from flemme_core.data.io import ImageFile
+    from flemme_core.data.preprocessing import from_transforms
+    from flemme_core.data.transforms import parse_transforms
+    from flemme_core.training.evaluation import EvalSettings
+    from flemme_core.training.inference import predict_image
+
+    steps = from_transforms(parse_transforms({"orientation": "RAS", "spacing": [2.0, 2.0, 2.0], "normalize": "zscore"}))
+    assert [s["name"] for s in steps] == ["orientation", "spacing", "zscore"]
+
+    class Identity(torch.nn.Module):
+        def predict(self, x):
+            return x
+
+    z, y, x = np.meshgrid(*[np.linspace(0, 1, n) for n in (30, 22, 26)], indexing="ij")
+    smooth = (np.sin(3 * z) + np.cos(2 * y) * x)[None].astype(np.float32) * 50 + 300
+    affine = np.diag([-1.0, 1.0, 1.0, 1.0])  # LAS: the orientation step must flip it and flip it back
+    img = ImageFile(path=None, array=smooth, affine=affine, spacing=(1.0, 1.0, 1.0), format="nifti")
+    out = predict_image(Identity(), img, steps, EvalSettings(task="reconstruction", metrics=[], roi_size=[8, 8, 8]))
+    assert tuple(out.shape) == smooth.shape
+    from monai.data import MetaTensor
+    from monai.transforms import Spacing
+
+    seen = np.asarray(Spacing(pixdim=[2.0, 2.0, 2.0])(MetaTensor(torch.from_numpy(smooth), affine=torch.eye(4))))
+    reference = (smooth - seen.mean()) / seen.std()  # z-scored with the statistics of the resampled image
+    inner = (slice(None), slice(2, -2), slice(2, -2), slice(2, -2))  # resampling blurs the border
+    np.testing.assert_allclose(out.numpy()[inner], reference[inner], atol=0.08)
