@@ -85,15 +85,22 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 class Progress:
-    """A tqdm bar (loss, lr, last metric, ETA) on a terminal; plain lines otherwise."""
+    """A tqdm bar (loss, lr, last metric, ETA) on a terminal; otherwise (a log file, a pipe) a plain
+    line at least every ``interval`` seconds (step, loss, s/step, ETA), so a piped run is never
+    silent until its first validation. Everything goes to stderr (results go to stdout)."""
 
-    def __init__(self, total: int, initial: int, enabled: bool, quiet: bool):
+    #: seconds between plain progress lines when stderr is not a terminal.
+    INTERVAL = 10.0
+
+    def __init__(self, total: int, initial: int, enabled: bool, quiet: bool, interval: float | None = None):
         self.enabled = enabled and not quiet
         self.quiet = quiet
         self.bar = None
         self.start = time.perf_counter()
         self.initial = initial
         self.total = total
+        self.interval = self.INTERVAL if interval is None else interval
+        self.last_line = self.start
         if self.enabled and sys.stderr.isatty():
             try:
                 from tqdm.auto import tqdm
@@ -106,6 +113,12 @@ class Progress:
             self.bar.update(step - self.bar.n)
             self.bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in postfix.items()},
                                  refresh=False)
+        elif self.enabled and (time.perf_counter() - self.last_line >= self.interval or step == self.total):
+            self.last_line = time.perf_counter()
+            done = max(step - self.initial, 1)
+            shown = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in postfix.items())
+            print(f"step {step}/{self.total}  {shown}  {(self.last_line - self.start) / done:.3f} s/step "
+                  f"(wall, incl. validation)  eta {self.eta(step)}", file=sys.stderr, flush=True)
 
     def message(self, text: str) -> None:
         if self.quiet:
