@@ -45,6 +45,10 @@ def _encoder_builder(model: ModelConfig):
             context_dim=context_dim if context_dim is not None else base.context_dim,
         )
         enc = build_encoder(cfg)
+        if cfg.context_dim is not None and not enc.supports_context:
+            raise ConfigError(f"architecture {model.arch!r} conditions every encoder block on a context vector, but "
+                              f"encoder family {cfg.name!r} cannot inject one into its blocks (supports_context is "
+                              f"False: a pretrained network runs as published); use a family that can, e.g. cnn")
         enc.check_image_size(cfg.image_size)
         return enc
 

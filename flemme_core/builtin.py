@@ -38,6 +38,8 @@ def register_commands(register) -> None:
     e.g. ``register("compare", "flemme_core.commands.compare:compare", "...")``; the older
     commands (build, list, train, ...) are attached to the click group in ``cli.py``.
     """
+    register("convert", "flemme_core.commands.convert:convert",
+             "a published .pth/.bin weights file (torch.load weights_only) -> safetensors, atomically")
 
 
 @hookimpl

@@ -17,7 +17,11 @@ into a multi-level encoder. Families that need something else (a fusion of sever
 encoders, a pretrained network) subclass :class:`Encoder` directly.
 
 Every stage accepts ``context``: blocks inject it as ``x * (1 + W_g c) + W_b c``
-(:class:`ContextInjection`) so diffusion models can condition every block.
+(:class:`ContextInjection`) so diffusion models can condition every block. That is a declared
+capability, ``supports_context`` (on :class:`BlockFamily` and :class:`Encoder`, ``True`` by
+default): a family that cannot condition its encoder's blocks (a pretrained network run as
+published) sets it to ``False``, and building it with a context vector is refused in one line
+(by the encoder builder an architecture gets, when asked for ``context_dim``), never a silent no-op.
 """
 
 from __future__ import annotations
@@ -79,6 +83,8 @@ class BlockFamily:
     # A regular expression matching the names of the mixer's own parameters (searched in
     # full parameter names); what ``mixer: identity`` removes, and nothing else.
     mixer_parameters: ClassVar[str] = ""
+    # Whether every block injects the context vector (diffusion's timestep); see the module docstring.
+    supports_context: ClassVar[bool] = True
 
     def __init__(self, cfg: EncoderConfig):
         self.cfg = cfg
@@ -147,6 +153,8 @@ class Encoder(nn.Module):
     blocks: BlockFamily
     config: EncoderConfig
     backend: str = ""  # e.g. which scan kernel a family uses; shown in the build summary
+    # Whether every encoder block is conditioned on the context vector (see the module docstring).
+    supports_context: bool = True
 
     @property
     def context_dim(self) -> int | None:
@@ -219,6 +227,7 @@ class StagedEncoder(Encoder):
         cfg = resolve_defaults(family_cls, cfg)
         self.config = cfg
         self.blocks = family_cls(cfg)
+        self.supports_context = family_cls.supports_context
         self.dims, self.in_channels = cfg.dims, cfg.in_channels
         channels = list(cfg.channels)
         counts = cfg.num_blocks if isinstance(cfg.num_blocks, list) else [cfg.num_blocks] * len(channels)
@@ -271,3 +280,21 @@ def staged_encoder(family_cls: type[BlockFamily]) -> Callable[[EncoderConfig], S
 
     factory.family = family_cls  # type: ignore[attr-defined]
     return factory
+
+
+def registered_block_family(spec: str | dict[str, Any], cfg: EncoderConfig) -> BlockFamily:
+    """The :class:`BlockFamily` of a registered staged family (a name or an encoder mapping such as
+    ``{name: cnn, block: res_conv}``), resolved for ``cfg``'s dims, channels and context: the
+    decoder blocks of an encoder that has none of its own (a fusion, a pretrained network)."""
+    from .config import encoder_config_from_dict
+    from .registry import get_registry
+
+    fcfg = encoder_config_from_dict(spec)
+    factory = get_registry().get("encoder", fcfg.name).load()
+    family = getattr(factory, "family", None)
+    if family is None:
+        raise ConfigError(f"encoder {fcfg.name!r} has no block family to build a decoder from; name a staged "
+                          f"family such as cnn")
+    fcfg = dataclasses.replace(fcfg, dims=cfg.dims, in_channels=cfg.in_channels,
+                               image_size=list(cfg.image_size), context_dim=cfg.context_dim)
+    return family(resolve_defaults(family, fcfg))

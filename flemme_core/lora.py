@@ -4,18 +4,43 @@
 changes nothing until training moves ``B``; the wrapped layer's own weights stay frozen.
 For a convolution, ``A`` is a convolution with the layer's kernel, stride, padding and
 dilation to ``rank`` channels and ``B`` a 1×1 convolution back, so shapes always match.
+
+The target ``qv`` is LoRA on the attention queries and values only (MMFD on MedSAM, after
+SAMed): a fused ``qkv`` linear gets one adapter on its q third and one on its v third (the
+k third is untouched), and separate ``q_proj``/``v_proj`` (``query``/``value``) linears are
+wrapped whole. Used by flemme-mmfd's branches and flemme-timm's pretrained families.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+from flemme_core.config import parse_options
 from flemme_core.errors import ConfigError
+
+
+@dataclasses.dataclass
+class LoRAOptions:
+    """Low-rank adapters on a frozen module's layers (``W x + (alpha / rank) B A x``, B = 0 at start)."""
+
+    rank: int = 4
+    alpha: float = 4.0
+    targets: list[str] = dataclasses.field(default_factory=lambda: ["linear"])  # linear | conv | qv | name regexes
+
+    def validate(self) -> None:
+        if not isinstance(self.rank, int) or self.rank < 1:
+            raise ConfigError(f"lora.rank must be a positive integer, got {self.rank!r}")
+        if isinstance(self.targets, str):
+            self.targets = [self.targets]
+        if not self.targets:
+            raise ConfigError("lora.targets is empty; name linear, conv, qv, or regexes of layer names")
 
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -54,13 +79,43 @@ class LoRAConv(nn.Module):
         return self.base(x) + self.scale * self.lora_b(self.lora_a(x))
 
 
+class LoRAQKV(nn.Module):
+    """A frozen fused ``qkv`` linear plus trainable rank-``r`` updates of its q and v outputs."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float):
+        super().__init__()
+        if base.out_features % 3:
+            raise ConfigError(f"lora target qv: a fused qkv layer needs 3·d outputs, got {base.out_features}")
+        self.base = base
+        width = base.out_features // 3
+        self.lora_a = nn.ModuleList(nn.Linear(base.in_features, rank, bias=False) for _ in range(2))
+        self.lora_b = nn.ModuleList(nn.Linear(rank, width, bias=False) for _ in range(2))
+        for a, b in zip(self.lora_a, self.lora_b):
+            nn.init.kaiming_uniform_(a.weight, a=math.sqrt(5))
+            nn.init.zeros_(b.weight)
+        self.scale = alpha / rank
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.base(x).chunk(3, dim=-1)
+        q = q + self.scale * self.lora_b[0](self.lora_a[0](x))
+        v = v + self.scale * self.lora_b[1](self.lora_a[1](x))
+        return torch.cat([q, k, v], dim=-1)
+
+
+ADAPTERS = (LoRALinear, LoRAConv, LoRAQKV)
+FUSED_QKV = re.compile(r"(^|\.)qkv$")
+SEPARATE_QV = re.compile(r"(^|\.)(q_proj|v_proj|query|value)$")
+
+
 def _wanted(name: str, layer: nn.Module, targets: Sequence[str]) -> bool:
     for target in targets:
+        if target == "qv" and isinstance(layer, nn.Linear) and (FUSED_QKV.search(name) or SEPARATE_QV.search(name)):
+            return True
         if target == "linear" and isinstance(layer, nn.Linear):
             return True
         if target == "conv" and isinstance(layer, CONVS):
             return True
-        if target not in ("linear", "conv") and re.search(target, name) and isinstance(layer, (nn.Linear, *CONVS)):
+        if target not in ("linear", "conv", "qv") and re.search(target, name) and isinstance(layer, (nn.Linear, *CONVS)):
             return True
     return False
 
@@ -68,24 +123,41 @@ def _wanted(name: str, layer: nn.Module, targets: Sequence[str]) -> bool:
 def add_lora(module: nn.Module, rank: int, alpha: float, targets: Sequence[str]) -> list[str]:
     """Wrap every matching layer of ``module`` in place; returns the wrapped layer names.
 
-    ``targets``: ``linear``, ``conv``, or regular expressions searched in layer names
-    (e.g. ``attn.qkv`` for MMFD's LoRA on q/v). Matching nothing is an error.
+    ``targets``: ``linear``, ``conv``, ``qv`` (attention queries and values, see the module
+    docstring), or regular expressions searched in layer names. Matching nothing is an error.
     """
     chosen = [(name, layer) for name, layer in module.named_modules()
-              if name and _wanted(name, layer, targets) and not isinstance(layer, (LoRALinear, LoRAConv))
+              if name and _wanted(name, layer, targets) and not isinstance(layer, ADAPTERS)
               and ".lora_" not in f".{name}"]
     if not chosen:
-        raise ConfigError(f"lora.targets {list(targets)} match no linear/conv layer of this branch; "
-                          f"use linear, conv, or a regex of its layer names")
+        raise ConfigError(f"lora.targets {list(targets)} match no linear/conv layer of this module; "
+                          f"use linear, conv, qv (attention q and v), or a regex of its layer names")
     for name, layer in chosen:
         parent_name, _, attr = name.rpartition(".")
         parent = module.get_submodule(parent_name) if parent_name else module
-        wrapped = LoRALinear(layer, rank, alpha) if isinstance(layer, nn.Linear) else LoRAConv(layer, rank, alpha)
+        if isinstance(layer, nn.Linear) and "qv" in targets and FUSED_QKV.search(name):
+            wrapped: nn.Module = LoRAQKV(layer, rank, alpha)
+        elif isinstance(layer, nn.Linear):
+            wrapped = LoRALinear(layer, rank, alpha)
+        else:
+            wrapped = LoRAConv(layer, rank, alpha)
         setattr(parent, attr, wrapped)
     return [name for name, _ in chosen]
 
 
 def lora_parameters(module: nn.Module) -> list[nn.Parameter]:
     """The adapters' own parameters (what stays trainable in a frozen branch)."""
-    return [p for m in module.modules() if isinstance(m, (LoRALinear, LoRAConv))
+    return [p for m in module.modules() if isinstance(m, ADAPTERS)
             for p in (*m.lora_a.parameters(), *m.lora_b.parameters())]
+
+
+def freeze_with_lora(module: nn.Module, freeze: bool, lora: Any | None) -> list[str]:
+    """Freeze ``module`` (no gradient) and/or add adapters from a ``{rank, alpha, targets}``
+    mapping or :class:`LoRAOptions`; returns the wrapped layer names."""
+    if freeze:
+        for p in module.parameters():
+            p.requires_grad_(False)
+    if lora is None:
+        return []
+    opts = lora if isinstance(lora, LoRAOptions) else parse_options(LoRAOptions, dict(lora), "lora")
+    return add_lora(module, opts.rank, opts.alpha, opts.targets)

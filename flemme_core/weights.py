@@ -1,11 +1,15 @@
-"""Initialise a branch from a local safetensors file, with key remapping and a strict report.
+"""Read foreign weights from local files and load them with a strict, one-line report.
 
-Two sources: a flemme model checkpoint (the encoder's keys are under ``encoder.``), or
-foreign weights (a foundation model converted to safetensors) whose key names differ
-from the family's: ``key_map`` rewrites them with regular expressions, in order. Every
-load produces a :class:`LoadReport` (loaded, missing, unexpected, shape-mismatched keys);
-with ``strict`` any problem is a one-line :class:`CheckpointError`, otherwise a warning.
-Only safetensors is read (never pickle).
+Sources: a flemme model checkpoint (the encoder's keys are under ``encoder.``), or foreign
+weights (a foundation model as published) whose key names may differ from the module's:
+``key_map`` rewrites them with regular expressions, in order. Every load produces a
+:class:`LoadReport` (loaded, missing, unexpected, shape-mismatched keys); with ``strict``
+any problem is a one-line :class:`CheckpointError`, otherwise a warning.
+
+Files: safetensors as is; a published ``.pth``/``.pt``/``.bin``/``.ckpt`` only through
+``torch.load(weights_only=True)`` (no arbitrary unpickling: a file that needs it is refused
+in one line), its state dict found under the usual nesting (``state_dict``, ``model``, ...).
+``flemme convert`` turns such a file into safetensors once.
 """
 
 from __future__ import annotations
@@ -140,3 +144,78 @@ def read_safetensors(path: str | Path, keep: Callable[[str], bool] | None = None
         raise CheckpointError(f"{str(path)!r} is not a readable safetensors file: "
                               f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     return tensors, meta
+
+
+#: keys under which training scripts nest the weights in a ``.pth`` (Lightning, DeiT, MAE, SAM fine-tunes).
+NESTED_KEYS = ("state_dict", "model", "model_state_dict", "module", "net", "params")
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def unwrap_state_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:
+    """The tensor mapping inside a loaded ``.pth`` object: descend into the first of
+    :data:`NESTED_KEYS` holding a mapping while there is one, then keep its tensors
+    (non-tensor entries beside them, an ``epoch`` counter, are dropped)."""
+    seen: list[str] = []
+    while isinstance(obj, Mapping):
+        nested = next((k for k in NESTED_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if nested is None:
+            tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+            if tensors:
+                return tensors
+            break
+        seen.append(nested)
+        obj = obj[nested]
+    where = "".join(f"[{k!r}]" for k in seen)
+    kind = type(obj).__name__
+    keys = list(obj)[:5] if isinstance(obj, Mapping) else []
+    raise CheckpointError(f"{source}{where} holds no tensors ({kind}{' with keys ' + str(keys) if keys else ''}); "
+                          f"give a file holding a state dict (directly or under one of {', '.join(NESTED_KEYS)})")
+
+
+def read_torch_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """A ``.pth``/``.bin`` state dict through ``torch.load(weights_only=True)`` only."""
+    import pickle
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file {str(path)!r} does not exist; give a local file")
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        what = f"it stores the Python object {found.group(1)}" if found else _first_line(exc)[:120]
+        raise CheckpointError(
+            f"{str(path)!r} needs full unpickling ({what}, not only tensors); flemme reads .pth files only with "
+            f"torch.load(weights_only=True): re-save its state dict alone (torch.save(sd, ...)) in a session "
+            f"you trust, or get its safetensors version") from None
+    except Exception as exc:  # noqa: BLE001 - any parse failure is a corrupt or foreign file to the user
+        raise CheckpointError(f"{str(path)!r} is not a readable torch weights file: {_first_line(exc)[:200]}") from None
+    return unwrap_state_dict(obj, repr(str(path)))
+
+
+def is_safetensors(path: str | Path) -> bool:
+    """By content (an 8-byte header length then a JSON header), whatever the suffix."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a local weights file: safetensors as is, torch files via weights_only."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{str(path)!r} is a folder; give a weights file (.safetensors, .pth, .bin)")
+    if not path.is_file():
+        raise CheckpointError(f"weights file {str(path)!r} does not exist; give a local .safetensors, .pth or "
+                              f".bin file (nothing is downloaded)")
+    if path.suffix == ".safetensors" or is_safetensors(path):
+        return read_safetensors(path)[0]
+    return read_torch_weights(path)

@@ -11,11 +11,11 @@ from torch import nn
 
 from flemme_core.config import EncoderConfig
 from flemme_core.errors import ConfigError
+from flemme_core.lora import add_lora
+from flemme_core.weights import LoadReport, load_into, read_safetensors, remap_keys
 
 from .align import InputAdapter
-from flemme_core.lora import add_lora
 from .options import BRANCH_KEYS, FILE_KEYS, BranchOptions, branch_encoder_config
-from flemme_core.weights import LoadReport, load_into, read_safetensors, remap_keys
 
 
 class Branch(nn.Module):

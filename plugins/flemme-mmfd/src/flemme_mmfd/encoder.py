@@ -32,8 +32,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from flemme_core.config import EncoderConfig, encoder_config_from_dict, parse_options
-from flemme_core.encoder import BlockFamily, Encoder, resolve_defaults
+from flemme_core.config import EncoderConfig, parse_options
+from flemme_core.encoder import BlockFamily, Encoder, registered_block_family
 from flemme_core.errors import ConfigError, ShapeError, unknown_name_message
 
 from .align import channel_align, resample
@@ -146,19 +146,14 @@ class FusionEncoder(Encoder):
             return self.branches[0].encoder.blocks
         if isinstance(spec, str):
             return self._branch(spec).encoder.blocks
-        from flemme_core.registry import get_registry
-
-        fcfg = encoder_config_from_dict(spec)
-        factory = get_registry().get("encoder", fcfg.name).load()
-        family = getattr(factory, "family", None)
-        if family is None:
-            raise ConfigError(f"encoder {fcfg.name!r} has no block family for a decoder; name a branch id "
-                              f"as decoder_family instead")
-        fcfg = dataclasses.replace(fcfg, dims=cfg.dims, in_channels=cfg.in_channels,
-                                   image_size=list(cfg.image_size), context_dim=cfg.context_dim)
-        return family(resolve_defaults(family, fcfg))
+        return registered_block_family(spec, cfg)
 
     # -- contract ------------------------------------------------------------------
+    @property
+    def supports_context(self) -> bool:  # type: ignore[override]
+        """Every branch passes the context on: the fusion conditions all blocks only if they all do."""
+        return all(b.encoder.supports_context for b in self.branches)
+
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> list[torch.Tensor]:
         if x.dim() != self.dims + 2 or x.shape[1] != self.in_channels:
             raise ShapeError(f"mmfd encoder expects (B, {self.in_channels}, {self.dims} spatial axes), "

@@ -13,27 +13,11 @@ from typing import Any
 
 from flemme_core.config import EncoderConfig, choice, encoder_config_from_dict, parse_options
 from flemme_core.errors import ConfigError
+from flemme_core.lora import LoRAOptions
 
 ALIGNS = ("mlp", "conv")
 RESAMPLES = ("auto", "linear", "nearest", "area")
 NORMALIZES = ("none", "zscore", "minmax")
-
-
-@dataclasses.dataclass
-class LoRAOptions:
-    """Low-rank adapters on a frozen branch's layers (``W x + (alpha / rank) B A x``, B = 0 at start)."""
-
-    rank: int = 4
-    alpha: float = 4.0
-    targets: list[str] = dataclasses.field(default_factory=lambda: ["linear"])  # linear | conv | name regexes
-
-    def validate(self) -> None:
-        if not isinstance(self.rank, int) or self.rank < 1:
-            raise ConfigError(f"lora.rank must be a positive integer, got {self.rank!r}")
-        if isinstance(self.targets, str):
-            self.targets = [self.targets]
-        if not self.targets:
-            raise ConfigError("lora.targets is empty; name linear, conv, or regexes of layer names")
 
 
 @dataclasses.dataclass
