@@ -1,0 +1,210 @@
+"""A study's cells on disk: planned and checked before anything is written, then run one
+process each under the cell's run-folder lock.
+
+A cell folder is an ordinary run folder (``flemme eval``/``predict`` work on it) plus
+``cell.yaml`` (what the study asked for) and, once measured, ``result.json``. Re-running
+a study skips cells with a result, resumes cells with a run, refuses cells whose
+``cell.yaml`` differs from what the study now asks (one line, before any cell runs) and
+skips cells another process holds (another shard running them now).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, FlemmeError
+from .measure import CELL_SPEC, RESULT
+from .study import Cell, Study
+
+
+class CellFailed(FlemmeError):
+    """A cell's process failed; the study goes on with the other cells."""
+
+    exit_code = 1
+
+
+@dataclasses.dataclass
+class PlannedCell:
+    cell: Cell
+    spec: dict[str, Any]  # {"cell": identity, "run": the flemme train config}
+    dir: Path
+    parameters: int | None = None
+
+    @property
+    def result_path(self) -> Path:
+        return self.dir / RESULT
+
+    def result(self) -> dict[str, Any] | None:
+        if not self.result_path.exists():
+            return None
+        return json.loads(self.result_path.read_text())
+
+
+def _identity(study: Study, cell: Cell) -> dict[str, Any]:
+    return {"row": cell.row.id, "dataset": cell.dataset.id, "seed": cell.seed, "path": cell.path,
+            "baseline": study.baseline_of(cell.row)}
+
+
+def plan(study: Study, study_dir: Path, *, check_models: bool = True) -> list[PlannedCell]:
+    """Every cell's spec; with ``check_models`` the data are checked, ``match: params`` is
+    applied and every (row, dataset) model is built once on the meta device, so a bad option
+    or an impossible match is one line before anything is written."""
+    infos: dict[str, Any] = {}
+    models: dict[tuple[str, str], tuple[dict[str, Any], int]] = {}
+    planned = []
+    for cell in study.cells():
+        run = study.run_config(cell)
+        parameters = None
+        if check_models:
+            key = (cell.row.id, cell.dataset.id)
+            if key not in models:
+                if cell.dataset.id not in infos:
+                    infos[cell.dataset.id] = _data_info(run["data"], cell.dataset.id)
+                models[key] = _model(run["model"], infos[cell.dataset.id], cell)
+            run["model"], parameters = copy.deepcopy(models[key][0]), models[key][1]
+        planned.append(PlannedCell(cell, {"cell": _identity(study, cell), "run": run},
+                                   (study_dir / cell.path).resolve(), parameters))
+    return planned
+
+
+def _data_info(data: dict[str, Any], name: str) -> Any:
+    from ..data import check_data
+
+    try:
+        return check_data(data, seed=0)
+    except FlemmeError as exc:
+        raise ConfigError(f"dataset {name}: {exc}") from None
+
+
+def _model(model: dict[str, Any], info: Any, cell: Cell) -> tuple[dict[str, Any], int]:
+    """The model config a cell trains (matched to the row's parameter target) and its size."""
+    from ..training.setup import complete_model_config
+    from .budget import count_parameters, match_params
+
+    where = f"row {cell.row.id} on {cell.dataset.id}"
+    try:
+        full = complete_model_config(model, info)
+        match = cell.row.match
+        if match:
+            key = match.get("key", "encoder.channels")
+            full, n = match_params(full, match["params"], key=key, multiple=int(match.get("multiple", 8)), what=where,
+                                   base=_default_widths(full) if key == "encoder.channels" else None)
+            # the cell keeps only what the study set, plus the matched widths
+            model = copy.deepcopy(model)
+            node, parts = model, key.split(".")
+            for part in parts[:-1]:
+                node = node.setdefault(part, {})
+            src: Any = full
+            for part in parts:
+                src = src[part]
+            node[parts[-1]] = src
+            return model, n
+        return model, count_parameters(full)
+    except FlemmeError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _default_widths(model: dict[str, Any]) -> list[int] | None:
+    """The configured encoder widths, or the family's defaults (read off a meta-device build)."""
+    widths = (model.get("encoder") or {}).get("channels") if isinstance(model.get("encoder"), dict) else None
+    if widths is not None or "encoder" not in model:
+        return widths
+    import torch
+
+    from ..build import build_model
+
+    with torch.device("meta"):
+        return list(build_model(copy.deepcopy(model)).encoder.feature_channels)
+
+
+def check_unchanged(planned: list[PlannedCell]) -> None:
+    """A cell folder whose ``cell.yaml`` differs from the study's cell: one line, nothing run."""
+    import yaml
+
+    from ..training.setup import _differences
+
+    for p in planned:
+        path = p.dir / CELL_SPEC
+        if not path.exists():
+            continue
+        try:
+            previous = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError:
+            previous = {}
+        diff = _differences({"train": {}, **previous.get("run", {})}, {"train": {}, **p.spec["run"]})
+        if diff:
+            raise ConfigError(f"cell {p.cell.path} was run with a different config ({', '.join(diff[:3])} changed); "
+                              f"delete {p.dir} to run it again, or write the study elsewhere with -o")
+
+
+def run_cell(p: PlannedCell, threads: int | None, on_progress: Callable[[float, str], None],
+             poll: float = 1.0) -> dict[str, Any]:
+    """Train and measure one cell in its own process (or return its result if it has one).
+
+    Raises :class:`~flemme_core.training.runfolder.RunFolderBusy` when another process runs
+    it, :class:`CellFailed` with the process's last line when it fails.
+    """
+    import yaml
+
+    from ..checkpoint import atomic_write
+    from ..training.runfolder import HELD_ENV, RunLock
+
+    with RunLock(p.dir) as lock:
+        check_unchanged([p])  # under the lock: another shard may have written it meanwhile
+        done = p.result()
+        if done is not None:
+            return done
+        text = yaml.safe_dump(p.spec, sort_keys=False)
+        atomic_write(p.dir / CELL_SPEC, lambda tmp: Path(tmp).write_text(text))
+        env = {**os.environ, HELD_ENV: lock.key}
+        if threads:
+            env["OMP_NUM_THREADS"] = str(threads)
+        log = p.dir / "cell.log"
+        with open(log, "a") as err:
+            proc = subprocess.Popen([sys.executable, "-m", "flemme_core.compare.measure", str(p.dir)],
+                                    stdout=err, stderr=err, env=env)
+            started = time.perf_counter()
+            try:
+                while proc.poll() is None:
+                    time.sleep(poll)
+                    on_progress(*_progress(p, time.perf_counter() - started))
+            except BaseException:
+                proc.terminate()
+                proc.wait()
+                raise
+        if proc.returncode != 0:
+            lines = [ln for ln in log.read_text().splitlines() if ln.strip()]
+            last = lines[-1] if lines else f"exit code {proc.returncode}"
+            raise CellFailed(f"cell {p.cell.path} failed: {last.removeprefix('Error: ')} (log: {log})")
+        return json.loads(p.result_path.read_text())
+
+
+def _progress(p: PlannedCell, elapsed: float) -> tuple[float, str]:
+    """Fraction done and a short note, from the cell's metrics.jsonl (the trainer's log)."""
+    train = p.spec["run"]["train"]
+    steps, seconds = int(train.get("steps", 1000)), train.get("max_seconds")
+    step, loss = 0, None
+    path = p.dir / "metrics.jsonl"
+    if path.exists():
+        for line in reversed(path.read_text().splitlines()):
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if row.get("split") == "train":
+                step, loss = int(row.get("step", 0)), row.get("loss")
+                break
+    fraction = step / steps
+    if seconds:
+        fraction = max(fraction, min(1.0, elapsed / seconds))
+    note = f"step {step}" + ("" if seconds else f"/{steps}") + (f" loss {loss:.4f}" if loss is not None else "")
+    return min(fraction, 1.0), note

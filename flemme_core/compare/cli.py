@@ -1,0 +1,131 @@
+"""``flemme compare``: the click command (registered by the core through ``register_commands``).
+
+Import-cheap at the top (click only); the study machinery is imported when it runs.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+STUDY_FILE = "study.yaml"
+
+
+@click.command("compare")
+@click.argument("study_file", required=False, type=click.Path(dir_okay=False))
+@click.option("--encoders", help="Encoder rows, comma-separated; options after colons: cnn,mamba,mamba:mixer=identity.")
+@click.option("--arch", help="Architectures, comma-separated (one that takes no encoder is one reference row).")
+@click.option("--data", help="Datasets, comma-separated: presets (`flemme list datasets`), datalist .json or IMAGES:LABELS.")
+@click.option("--seeds", type=int, help="Seeds per cell: 3 runs seeds 0, 1, 2.")
+@click.option("--budget", help="Per cell: steps=600 (equal steps) or seconds=180 (equal wall-clock training time).")
+@click.option("--match-params", "match", type=float, help="Scale every row's widths to this parameter count (±10%).")
+@click.option("--baseline", help="The row the others are compared with (default: the first row).")
+@click.option("--threads", type=int, help="torch threads per cell (train.threads).")
+@click.option("--output", "-o", help="Study folder (default studies/<study name>).")
+@click.option("--shard", metavar="I/N", help="Run only the I-th of N parts of the cells (e.g. 2/4); finished cells are skipped.")
+@click.option("--table-only", is_flag=True, help="Only rebuild the report from the finished cells.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines (the table is still printed).")
+def compare(study_file: str | None, encoders: str | None, arch: str | None, data: str | None, seeds: int | None,
+            budget: str | None, match: float | None, baseline: str | None, threads: int | None,
+            output: str | None, shard: str | None, table_only: bool, quiet: bool) -> None:
+    """Compare encoders x architectures x datasets x seeds on equal terms, one run folder per cell.
+
+    \b
+    flemme compare --encoders cnn,swin,mamba --arch unet --data stardist-nuclei-2d --seeds 3 --budget steps=600 -o studies/nuclei
+    flemme compare study.yaml                        # rows with their own options, reference rows, several datasets
+    flemme compare study.yaml --budget seconds=180   # equal wall-clock training time per cell
+    flemme compare study.yaml --shard 2/4            # a quarter of the cells (another machine, an array job)
+    flemme compare study.yaml --table-only           # rebuild the report from the finished cells
+    The study folder holds cells/ (ordinary run folders), study.yaml (the resolved study) and
+    report.md/.csv/.json/.png. Re-running continues: finished cells are skipped, interrupted ones resume.
+    """
+    from ..errors import ConfigError
+    from .budget import parse_shard
+    from .study import load_study
+
+    index, count = parse_shard(shard)
+    if study_file is None and not encoders and not arch and output and (Path(output) / STUDY_FILE).exists():
+        study_file = str(Path(output) / STUDY_FILE)  # the study a folder holds: --table-only -o studies/x
+    if study_file is None and not (arch or encoders):
+        raise ConfigError("give a study file, or --encoders and --arch with --data (see flemme compare --help)")
+    study = load_study(study_file, encoders=encoders, archs=arch, data=data, seeds=seeds, budget=budget,
+                       baseline=baseline, threads=threads, match=match)
+    if study_file is None:
+        from .study import slug
+
+        study.name = slug("-".join(d.id for d in study.datasets))
+    out = Path(output or Path("studies") / study.name)
+    try:
+        failures = _run(study, out, index, count, table_only, quiet)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted; run the same command again to continue (finished cells in {out} are kept)", err=True)
+        sys.exit(130)
+    if failures:
+        sys.exit(1)
+
+
+def _run(study: Any, out: Path, index: int, count: int, table_only: bool, quiet: bool) -> int:
+    from ..errors import ConfigError
+    from ..training.runfolder import RunFolderBusy
+    from .cells import CellFailed, check_unchanged, plan, run_cell
+    from .progress import StudyProgress
+    from .report import summarize, write_report
+
+    if table_only and not out.is_dir():
+        raise ConfigError(f"--table-only: the study folder {str(out)!r} does not exist; check -o")
+    planned = plan(study, out, check_models=not table_only)
+    check_unchanged(planned)  # every check has passed once this returns: only now is anything written
+    mine = [p for k, p in enumerate(planned) if k % count == index - 1]
+    failures = 0
+    if not table_only:
+        _write_study(out, study)
+        todo = [p for p in mine if p.result() is None]
+        progress = StudyProgress(len(mine), len(todo), study.budget.seconds, quiet=quiet)
+        part = f" (shard {index}/{count})" if count > 1 else ""
+        progress.message(f"study {study.name}: {len(planned)} cells{part}, {len(mine) - len(todo)} finished, "
+                         f"{len(todo)} to run; budget {study.budget.describe()} per cell; folder {out}")
+        for k, p in enumerate(mine, 1):
+            if p.result() is not None:
+                continue
+            progress.start(k, p.cell.label)
+            try:
+                result = run_cell(p, study.threads, progress.update)
+            except RunFolderBusy:
+                progress.skip(k, p.cell.label, "another process is running it")
+                continue
+            except CellFailed as exc:
+                failures += 1
+                progress.fail(k, p.cell.label, str(exc))
+                continue
+            progress.done(k, p.cell.label, _cell_summary(result))
+    results = [r for r in (p.result() for p in planned) if r is not None]
+    if table_only and not results:
+        raise ConfigError(f"--table-only: no finished cell in {str(out)!r}; run the study first")
+    missing = [p.cell.path for p in planned if not p.result_path.exists()]
+    entries = summarize(results, [r.id for r in study.rows], [d.id for d in study.datasets], study.metric,
+                        study.bootstrap)
+    files = write_report(out, {**study.to_dict(), "cells": len(planned)}, entries, missing)
+    click.echo((out / "report.md").read_text())
+    click.echo("wrote " + ", ".join(str(f) for f in files.values()), err=True)
+    return failures
+
+
+def _write_study(out: Path, study: Any) -> None:
+    import yaml
+
+    from ..checkpoint import atomic_write
+
+    text = yaml.safe_dump(study.to_dict(), sort_keys=False)
+    atomic_write(out / STUDY_FILE, lambda tmp: Path(tmp).write_text(text))
+
+
+def _cell_summary(result: dict[str, Any]) -> str:
+    metric = "dice" if result["task"] == "segmentation" else "psnr"
+    value = result["metrics"].get(metric)
+    train = result["train"]
+    shown = f"{metric} {value:.4f}" if isinstance(value, float) else f"{metric} ?"
+    cut = " (time budget)" if train.get("stopped_by") == "seconds" else ""
+    return f"{shown}, {train.get('steps_trained')} steps{cut} in {train.get('train_seconds') or 0:.0f} s"
