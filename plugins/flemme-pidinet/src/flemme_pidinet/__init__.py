@@ -1,0 +1,1 @@
+"""flemme-pidinet: PiDiNet (pixel difference networks) as a flemme encoder family."""
