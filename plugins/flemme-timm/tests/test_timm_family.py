@@ -1,0 +1,129 @@
+"""The ``timm`` family against timm itself: weights saved as users get them, loaded through flemme."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from timm_testutil import max_diff
+
+from flemme_core import build_model
+from flemme_core.build import _encoder_builder
+from flemme_core.config import model_config_from_dict
+from flemme_core.errors import CheckpointError, ConfigError
+
+
+def encoder_of(options: dict, in_channels: int = 3, size: int = 64):
+    cfg = model_config_from_dict({"arch": "unet", "image_size": size, "in_channels": in_channels,
+                                  "encoder": {"name": "timm", **options}})
+    return _encoder_builder(cfg)().eval()
+
+
+@pytest.fixture(scope="module")
+def resnet10t(timm, tmp_path_factory):
+    """A random resnet10t and its state dict as a user has it: safetensors and a plain .pth."""
+    torch.manual_seed(1)
+    ref = timm.create_model("resnet10t", pretrained=False).eval()
+    with torch.no_grad():  # non-trivial batch-norm statistics, so eval-mode features depend on them
+        for m in ref.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    folder = tmp_path_factory.mktemp("resnet10t")
+    sd = {k: v.contiguous() for k, v in ref.state_dict().items()}
+    save_file(sd, str(folder / "resnet10t.safetensors"))
+    torch.save(ref.state_dict(), folder / "resnet10t.pth")
+    return ref, folder
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "pth"])
+def test_features_equal_timm_reference(resnet10t, fmt):
+    ref, folder = resnet10t
+    enc = encoder_of({"model": "resnet10t", "weights": str(folder / f"resnet10t.{fmt}"), "normalize": False})
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = ref.forward_intermediates(x, intermediates_only=True)
+        got = enc(x)
+    assert enc.feature_strides == [2, 4, 8, 16, 32] and enc.feature_channels == [f.shape[1] for f in expected]
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        assert max_diff(g, e) <= 1e-5
+
+
+def test_model_normalisation_and_one_channel_rule(resnet10t, timm):
+    """Normalised with the model's own mean/std; 1 channel = the RGB filters summed (smp's rule),
+    which on a grey image equals the 3-channel network on that image repeated."""
+    ref, folder = resnet10t
+    mean = torch.tensor(ref.pretrained_cfg["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(ref.pretrained_cfg["std"]).view(1, 3, 1, 1)
+    x = torch.rand(1, 3, 64, 64)
+    enc = encoder_of({"model": "resnet10t", "weights": str(folder / "resnet10t.safetensors")})
+    with torch.no_grad():
+        assert max_diff(enc(x)[-1], ref.forward_intermediates((x - mean) / std, intermediates_only=True)[-1]) <= 1e-5
+    grey = encoder_of({"model": "resnet10t", "weights": str(folder / "resnet10t.safetensors"), "normalize": False},
+                      in_channels=1)
+    g = torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        assert max_diff(grey(g)[-1], ref.forward_intermediates(g.repeat(1, 3, 1, 1), intermediates_only=True)[-1]) <= 1e-4
+
+
+def test_typo_in_model_lists_close_timm_names():
+    with pytest.raises(ConfigError, match=r"unknown timm model 'resnt34'; did you mean .*'resnet34'") as err:
+        encoder_of({"model": "resnt34"})
+    assert "\n" not in str(err.value)
+
+
+def test_checkpoint_of_another_model_is_one_line_naming_keys(resnet10t):
+    _, folder = resnet10t
+    with pytest.raises(CheckpointError, match=r"not timm's 'resnet18': \d+ missing \(.*\); \d+ unexpected \(conv1\.0") as err:
+        encoder_of({"model": "resnet18", "weights": str(folder / "resnet10t.safetensors")})
+    assert "\n" not in str(err.value)
+
+
+def test_pth_that_needs_full_unpickling_is_refused(resnet10t, tmp_path):
+    ref, _ = resnet10t
+
+    import argparse  # a training script's saved arguments: a Python object weights_only refuses
+
+    torch.save({"state_dict": ref.state_dict(), "args": argparse.Namespace(depth=10)}, tmp_path / "pickled.pth")
+    with pytest.raises(CheckpointError, match="needs full unpickling .*argparse.Namespace") as err:
+        encoder_of({"model": "resnet10t", "weights": str(tmp_path / "pickled.pth")})
+    assert "\n" not in str(err.value)
+
+
+def test_nested_lightning_style_pth_loads(resnet10t, tmp_path):
+    ref, _ = resnet10t
+    torch.save({"epoch": 3, "state_dict": ref.state_dict()}, tmp_path / "nested.pth")
+    enc = encoder_of({"model": "resnet10t", "weights": str(tmp_path / "nested.pth"), "normalize": False})
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert max_diff(enc(x)[0], ref.forward_intermediates(x, intermediates_only=True)[0]) <= 1e-5
+
+
+def test_freeze_keeps_statistics_and_trains_only_the_decoder(resnet10t):
+    _, folder = resnet10t
+    model = build_model({"arch": "unet", "image_size": 32, "in_channels": 1,
+                         "encoder": {"name": "timm", "model": "resnet10t", "freeze": True,
+                                     "weights": str(folder / "resnet10t.safetensors")}})
+    model.train()
+    assert not model.encoder.backbone.training
+    before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    model(torch.rand(2, 1, 32, 32)).square().mean().backward()
+    assert all(p.grad is None for p in model.encoder.parameters())
+    assert any(p.grad is not None for p in model.decoder.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.encoder.state_dict().items())
+
+
+def test_3d_and_context_are_refused_in_one_line():
+    with pytest.raises(ConfigError, match="2D only") as err:
+        build_model({"arch": "unet", "dims": 3, "image_size": 32, "encoder": {"name": "timm", "model": "resnet10t"}})
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="cannot inject one into its blocks") as err:
+        build_model({"arch": "ddpm", "image_size": 32, "out_channels": 1,
+                     "encoder": {"name": "timm", "model": "resnet10t"}})
+    assert "\n" not in str(err.value)
+
+
+def test_channels_are_fixed_by_the_network():
+    with pytest.raises(ConfigError, match="channels is fixed by the pretrained network"):
+        encoder_of({"model": "resnet10t", "channels": [8, 16]})
