@@ -24,6 +24,35 @@ def as_model_config(config: ModelConfig | Mapping[str, Any]) -> ModelConfig:
     return model_config_from_dict(config)
 
 
+#: the shipped distributions that provide encoder families (the core provides none), for the
+#: message when none is installed.
+ENCODER_PLUGINS = {"flemme-cnn": "cnn", "flemme-vit": "vit, swin", "flemme-mamba": "mamba",
+                   "flemme-mmfd": "mmfd, a fusion of others"}
+
+
+def default_encoder_name(announce: bool = True) -> str:
+    """The encoder family used when a config names none.
+
+    The core ships no family: with none installed this is one line naming the plugins that
+    provide encoders; with several, the first in alphabetical order of those that build
+    without options of their own (not a fusion needing branches), announced on stderr.
+    """
+    import sys
+
+    registry = get_registry()
+    families = registry.components("encoder")
+    if not families:
+        offer = "; ".join(f"{dist} ({names})" for dist, names in ENCODER_PLUGINS.items())
+        raise ConfigError("no encoder family is installed (flemme-core provides none); install a plugin that "
+                          f"provides one: {offer}, e.g. `pip install ./plugins/flemme-cnn`, or name yours")
+    plain = sorted(n for n, c in families.items() if not c.metadata.get("example")) or sorted(families)
+    name = plain[0]
+    if announce and len(families) > 1:
+        print(f"note: no encoder named; using {name!r} (installed: {', '.join(sorted(families))}); "
+              "choose with --encoder or model.encoder.name", file=sys.stderr)
+    return name
+
+
 def build_encoder(config: EncoderConfig) -> Encoder:
     """Build any registered encoder family from a complete :class:`EncoderConfig`."""
     factory = get_registry().get("encoder", config.name).load()
@@ -58,6 +87,8 @@ def _encoder_builder(model: ModelConfig):
 def build_model(config: ModelConfig | Mapping[str, Any]) -> Architecture:
     """Build the configured architecture with the configured encoder family."""
     cfg = as_model_config(config)
+    if cfg.encoder.name is None:
+        cfg = dataclasses.replace(cfg, encoder=dataclasses.replace(cfg.encoder, name=default_encoder_name()))
     registry = get_registry()
     for item in cfg.loss or []:
         registry.get("loss", item["name"])  # fail on a misspelt loss before building anything

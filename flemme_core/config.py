@@ -28,9 +28,11 @@ class EncoderConfig:
     """Parameters common to every encoder family; ``options`` holds the family's own.
 
     ``None`` means "the family's default"; the built encoder reports the resolved values.
+    ``name`` ``None``: no family named; the builder picks an installed one deterministically and
+    says so (:func:`flemme_core.build.default_encoder_name`): the core ships no encoder family.
     """
 
-    name: str = "cnn"
+    name: str | None = None
     channels: list[int] | None = None
     num_blocks: int | list[int] | None = None
     patch_size: int | None = None
@@ -109,7 +111,7 @@ def encoder_config_from_dict(data: Mapping[str, Any] | str) -> EncoderConfig:
         else:
             options[key] = value
     cfg.options = options
-    if not isinstance(cfg.name, str):
+    if cfg.name is not None and not isinstance(cfg.name, str):
         raise ConfigError(f"model.encoder.name must be a string, got {cfg.name!r}")
     if cfg.channels is not None:
         cfg.channels = _int_list(cfg.channels, "model.encoder.channels")

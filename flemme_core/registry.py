@@ -13,6 +13,9 @@ Environment variables (as pytest and tox offer):
   to load anyway.
 * ``FLEMME_DISABLE_PLUGINS=name,...``: entry-point or distribution names (wildcards
   allowed) never to load.
+* ``FLEMME_PLUGIN_MODULES=module,...``: importable modules with hook implementations to
+  register as if by :func:`flemme_core.register_plugin`, in this process and the processes it
+  starts (as ``PYTEST_PLUGINS``; test suites use it for families defined in the suite).
 """
 
 from __future__ import annotations
@@ -177,6 +180,19 @@ class Registry:
                     continue
                 self._add_plugin(obj, provider)
 
+    def _load_env_modules(self) -> None:
+        for module_name in _env_list("FLEMME_PLUGIN_MODULES"):
+            provider = Provider(module_name, "", "FLEMME_PLUGIN_MODULES")
+            try:
+                obj = importlib.import_module(module_name)
+            except BaseException as exc:  # noqa: BLE001 - reported like a broken entry point (sys.exit too)
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                self.failures.append(PluginRecord(provider, module_name, _one_line(exc)))
+                continue
+            if not any(o is obj for o, _ in self._explicit):
+                self._add_plugin(obj, provider)
+
     def _ensure_loaded(self) -> None:
         if self._components is not None:
             return
@@ -184,6 +200,7 @@ class Registry:
 
         self._add_plugin(builtin, Provider(CORE_PROVIDER_NAME, _core_version(), "builtin"))
         self._load_entry_points()
+        self._load_env_modules()
         for obj, provider in self._explicit:
             self._add_plugin(obj, provider)
         self._collect()
