@@ -194,7 +194,7 @@ def model_dict_from_cli(config_path: str | None, flags: dict[str, Any], override
 
 MODEL_OPTIONS = [
     click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config (its model: section)."),
-    click.option("--encoder", help="Encoder family (see `flemme list encoders`). Default: cnn."),
+    click.option("--encoder", help="Encoder family (see `flemme list encoders`). Default: the first installed one, announced."),
     click.option("--arch", help="Architecture (see `flemme list architectures`). Default: unet."),
     click.option("--dims", type=int, help="2 or 3. Default: 2 (or the length of --image-size)."),
     click.option("--image-size", "image_size", help="e.g. 128 or 96,128. Default: 128 per axis."),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from monai.networks.layers import DropPath
 from monai.networks.layers.factories import Conv
 from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from torch import nn
@@ -11,6 +12,8 @@ from torch import nn
 from .config import choice
 
 NORMS = ("batch", "instance", "group", "layer", "none")
+
+__all__ = ["NORMS", "DropPath", "act", "conv", "conv_transpose", "head", "norm"]  # DropPath: MONAI's stochastic depth
 
 
 def conv(dims: int, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,

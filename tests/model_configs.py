@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-def tiny_model_config(encoder: str = "cnn", arch: str = "unet", dims: int = 2, size: int = 32, **extra):
+def tiny_model_config(encoder: str = "tiny", arch: str = "unet", dims: int = 2, size: int = 32, **extra):
     """The smallest config every encoder family must accept (used by the family × arch matrix).
 
     A family that needs options to exist at all (a fusion of branches) declares them when it

@@ -17,7 +17,7 @@ from flemme_core.errors import CheckpointError
 
 @pytest.fixture
 def saved(tmp_path):
-    model = build_model(tiny_model_config("cnn", "unet", 2, 32, loss=["dice", {"name": "ce", "weight": 0.5}]))
+    model = build_model(tiny_model_config("tiny", "unet", 2, 32, loss=["dice", {"name": "ce", "weight": 0.5}]))
     # make BatchNorm running statistics non-trivial so they are part of the round trip
     model.train()
     model(torch.randn(4, 1, 32, 32))
@@ -38,8 +38,8 @@ def test_metadata_holds_config_versions_and_parameters(saved):
     model, path = saved
     meta = read_metadata(path)
     assert meta["config"] == model.config.to_dict()
-    assert meta["versions"]["flemme-core"] and meta["versions"]["flemme-cnn"] == "0.1.0"
-    assert meta["components"]["encoder:cnn"].startswith("flemme-cnn")
+    assert meta["versions"]["flemme-core"] == "0.1.0"
+    assert meta["components"]["encoder:tiny"] == "tiny-family"  # registered by the test suite
     assert meta["parameters"] == sum(p.numel() for p in model.parameters())
     assert meta["extra"] == {"step": 7}
 

@@ -20,14 +20,14 @@ def run(*args: str):
 
 
 def test_build_defaults_printed():
-    r = run("build", "--encoder", "cnn", "--arch", "unet")
+    r = run("build", "--encoder", "tiny", "--arch", "unet")
     assert r.exit_code == 0, r.output
     assert "128×128, 1 channel(s) in, 2 out" in r.output
     assert "(1, 2, 128, 128)" in r.output and "total stride 8" in r.output
 
 
 def test_build_3d_json():
-    r = run("build", "--encoder", "cnn", "--arch", "unet", "--dims", "3", "--image-size", "32",
+    r = run("build", "--encoder", "tiny", "--arch", "unet", "--dims", "3", "--image-size", "32",
             "--in-channels", "1", "--out-channels", "3", "--channels", "8,16", "--json")
     assert r.exit_code == 0, r.output
     summary = json.loads(r.output)
@@ -37,26 +37,28 @@ def test_build_3d_json():
 
 def test_build_from_config_save_and_info(tmp_path):
     path = tmp_path / "model.safetensors"
-    r = run("build", "--config", "examples/configs/cnn-unet-2d.yaml", "--save", str(path))
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text("model:\n  arch: unet\n  image_size: 32\n  encoder: {name: tiny, channels: [8, 16]}\n")
+    r = run("build", "--config", str(cfg), "--save", str(path))
     assert r.exit_code == 0, r.output
     r = run("info", str(path))
     assert r.exit_code == 0, r.output
-    assert "unet with encoder cnn" in r.output and "flemme-cnn 0.1.0" in r.output
+    assert "unet with encoder tiny" in r.output and "flemme-core 0.1.0" in r.output
     params = json.loads(run("info", str(path), "--json").output)["parameters"]
     assert f"{params:,}" in r.output
 
 
 def test_set_override_reaches_family_options():
-    r = run("build", "--set", "encoder.block=res_conv", "--set", "encoder.channels=[8,16]", "--image-size", "16",
+    r = run("build", "--encoder", "tiny", "--set", "encoder.kernel_size=5", "--set", "encoder.channels=[8,16]", "--image-size", "16",
             "--json")
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output)["resolved_encoder"]["options"] == {"block": "res_conv"}
+    assert json.loads(r.output)["resolved_encoder"]["options"] == {"kernel_size": 5}
 
 
 def test_list_with_wildcard_and_kind():
-    r = run("list", "encoders", "c*")
+    r = run("list", "encoders", "ti*")
     assert r.exit_code == 0
-    assert "cnn" in r.output and "unet" not in r.output
+    assert "tiny" in r.output and "unet" not in r.output
     r = run("list", "losses", "dice*", "--json")
     names = {c["name"] for c in json.loads(r.output)["components"]}
     assert names == {"dice", "dice_ce"}
@@ -65,7 +67,7 @@ def test_list_with_wildcard_and_kind():
 def test_plugins_requirements():
     r = run("plugins", "--requirements")
     assert r.exit_code == 0
-    assert "flemme-core==0.1.0" in r.output.splitlines() and "flemme-cnn==0.1.0" in r.output.splitlines()
+    assert "flemme-core==0.1.0" in r.output.splitlines()
 
 
 def _write(tmp_path, name, text):
@@ -75,7 +77,7 @@ def _write(tmp_path, name, text):
 
 
 BAD = [
-    (["build", "--encoder", "cnnn"], r"unknown encoder 'cnnn'; did you mean 'cnn'"),
+    (["build", "--encoder", "tinyy"], r"unknown encoder 'tinyy'; did you mean 'tiny'"),
     (["build", "--arch", "unnet"], r"unknown architecture 'unnet'; did you mean 'unet'"),
     (["build", "--image-size", "100"], r"image size 100×100 must be divisible by the total stride 8.*--image-size 104"),
     (["build", "--dims", "4"], r"model.dims must be 2 or 3"),
@@ -114,7 +116,7 @@ def test_bad_input_is_one_line_and_nonzero(args, message):
     ("model: [unclosed", r"not valid YAML at line"),
     ("", r"is empty"),
     ("- a\n- b\n", r"must hold a mapping"),
-    ("model:\n  encoder: {name: cnn, channels: abc}\n", r"channels must be integers"),
+    ("model:\n  encoder: {name: tiny, channels: abc}\n", r"channels must be integers"),
 ])
 def test_bad_config_files(tmp_path, content, message):
     r = run("build", "--config", _write(tmp_path, "c.yaml", content))

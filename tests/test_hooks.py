@@ -53,7 +53,7 @@ def toy_dataset(size=4):
 def toy_plugin():
     plugin = types.SimpleNamespace(
         register_encoders=hookimpl(lambda register: register(
-            "cnn_alias", lambda cfg: get_registry().get("encoder", "cnn").load()(cfg), "the cnn again")),
+            "tiny_alias", lambda cfg: get_registry().get("encoder", "tiny").load()(cfg), "the tiny family again")),
         register_architectures=hookimpl(lambda register: register("meanhead", MeanHeadArch, "toy")),
         register_losses=hookimpl(lambda register: register("abs_error", abs_error, "toy")),
         register_fusions=hookimpl(lambda register: register("max", MaxFusion, "elementwise max")),
@@ -65,13 +65,13 @@ def toy_plugin():
 
 
 def test_register_encoders(toy_plugin):
-    model = build_model({"arch": "unet", "encoder": {"name": "cnn_alias", "channels": [4, 8]}, "image_size": 16})
+    model = build_model({"arch": "unet", "encoder": {"name": "tiny_alias", "channels": [4, 8]}, "image_size": 16})
     assert model(torch.randn(2, 1, 16, 16)).shape == (2, 2, 16, 16)
-    assert get_registry().get("encoder", "cnn_alias").provider.name == "toy-plugin"
+    assert get_registry().get("encoder", "tiny_alias").provider.name == "toy-plugin"
 
 
 def test_register_architectures(toy_plugin):
-    model = build_model({"arch": "meanhead", "encoder": {"name": "cnn", "channels": [4, 8]},
+    model = build_model({"arch": "meanhead", "encoder": {"name": "tiny", "channels": [4, 8]},
                          "image_size": 16, "out_channels": 3})
     assert model(torch.randn(2, 1, 16, 16)).shape == (2, 3)
     assert get_registry().get("architecture", "meanhead").provider.name == "toy-plugin"

@@ -35,7 +35,7 @@ def _pairs(root: Path, n: int = 3, shape=(16, 16, 16), label_shape=None, affine=
 
 
 def _folder_config(images: Path, labels: Path, **data) -> dict:
-    return config(QUICK, model={"encoder": {"name": "cnn", "channels": [4, 8], "norm": "instance"}},
+    return config(QUICK, model={"encoder": {"name": "tiny", "channels": [4, 8], "norm": "instance"}},
                   data={"preset": None, "options": None, "images": str(images), "labels": str(labels),
                         "num_classes": 3, "patch_size": [16, 16, 16], "batch_size": 1, **data})
 
@@ -105,7 +105,7 @@ def test_patch_larger_than_the_image(tmp_path):
     ("data", {"transforms": {"flipp": 0.5}}, ("unknown transform", "'flip'")),
     ("train", {"stepz": 3}, ("unknown key in train", "'steps'")),
     ("train", {"optimizer": "adamm"}, ("train.optimizer", "'adam'")),
-    ("model", {"encoder": {"name": "cnnn"}}, ("unknown encoder", "'cnn'")),
+    ("model", {"encoder": {"name": "tinyy"}}, ("unknown encoder", "'tiny'")),
     ("data", {"preset": "synthetic-2e"}, ("dataset preset", "'synthetic-2d'")),
 ])
 def test_unknown_names_list_close_matches(tmp_path, section, values, needles):
@@ -117,7 +117,7 @@ def test_model_that_disagrees_with_the_data(tmp_path):
 
 
 def test_no_data_given(tmp_path):
-    result = CliRunner().invoke(main, ["train", "--encoder", "cnn", "-o", str(tmp_path / "r")])
+    result = CliRunner().invoke(main, ["train", "--encoder", "tiny", "-o", str(tmp_path / "r")])
     _one_error_line(result, "no data")
 
 

@@ -193,7 +193,7 @@ def test_resume_across_stages_matches_an_uninterrupted_run(tmp_path, crash_at):
 
     flemme_core.register_plugin(crash_plugin, "flemme-train-crash-tests")
     try:
-        data = config(SMALL, model={"arch": "test_crash_at", "encoder": {"name": "cnn", "channels": [4, 8],
+        data = config(SMALL, model={"arch": "test_crash_at", "encoder": {"name": "tiny", "channels": [4, 8],
                                                                           "norm": "instance", "dropout": 0.2}},
                       train={"stages": {"warm": {"steps": 3}, "head": {"steps": 3, "lr": 0.02}}, "save_every": 2})
         CrashAt.crash_at, CrashAt.count = None, 0

@@ -94,7 +94,7 @@ def test_real_presets_train_end_to_end(tmp_path, preset, patch, batch, modules):
     if not all(_has(m) for m in modules):
         pytest.skip(f"needs {', '.join(modules)}")
     result = CliRunner().invoke(main, [
-        "train", "--data", preset, "--encoder", "cnn", "--arch", "unet", "--steps", "60", "-q",
+        "train", "--data", preset, "--encoder", "tiny", "--arch", "unet", "--steps", "60", "-q",
         "--batch-size", str(batch), "--lr", "0.003",
         "-o", str(tmp_path / "run"), "--set", "encoder.channels=[8,16,32]", "--set", "encoder.norm=instance",
         "--set", f"data.patch_size={patch}", "--set", "train.val_every=0"])

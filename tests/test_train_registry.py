@@ -1,6 +1,6 @@
 """The trainer has no family- or architecture-specific code: whatever is registered trains.
 
-Each installed architecture (with the cnn family) and each installed encoder family (in a
+Each installed architecture (with the tiny test family) and each installed encoder family (in a
 unet) trains two steps on generated images and is evaluated. A few representative ones
 run by default; the whole matrix is marked slow.
 """
@@ -15,15 +15,15 @@ from flemme_core.training.config import run_config_from_dict
 DATA = {"preset": "synthetic-2d", "options": {"num_train": 2, "num_held_out": 1, "size": [32, 32]},
         "patch_size": [32, 32], "batch_size": 2}
 #: architectures that cannot exist without options (a teacher; a trained autoencoder file).
-NEEDS = {"distill": {"teacher": {"name": "cnn", "channels": [16, 32]}}, "ldm": None}
-QUICK = {("vit", "unet"), ("cnn", "hunet"), ("cnn", "vae"), ("cnn", "distill")}
+NEEDS = {"distill": {"teacher": {"name": "tiny", "channels": [16, 32]}}, "ldm": None}
+QUICK = {("vit", "unet"), ("tiny", "hunet"), ("tiny", "vae"), ("tiny", "distill"), ("tiny", "unet")}
 
 
 def _combos() -> list[tuple[str, str]]:
     registry = get_registry()
     archs = sorted(a for a in registry.components("architecture") if NEEDS.get(a, {}) is not None)
-    encoders = sorted(e for e in registry.components("encoder") if e != "cnn")
-    return [("cnn", a) for a in archs] + [(e, "unet") for e in encoders]
+    encoders = sorted(e for e in registry.components("encoder") if e != "tiny")
+    return [("tiny", a) for a in archs] + [(e, "unet") for e in encoders]
 
 
 def _params() -> list:

@@ -12,14 +12,14 @@ from typing import Any
 import yaml
 
 TINY_2D: dict[str, Any] = {
-    "model": {"arch": "unet", "encoder": {"name": "cnn", "channels": [8, 16], "norm": "instance"}},
+    "model": {"arch": "unet", "encoder": {"name": "tiny", "channels": [8, 16], "norm": "instance"}},
     "data": {"preset": "synthetic-2d", "options": {"num_train": 8, "num_held_out": 2, "size": [48, 48], "seed": 1},
              "batch_size": 4, "patch_size": [48, 48]},
     "train": {"steps": 60, "lr": 0.01, "warmup": 0, "val_every": 30, "threads": 1, "progress": False},
 }
 
 TINY_3D: dict[str, Any] = {
-    "model": {"arch": "unet", "encoder": {"name": "cnn", "channels": [8, 16], "norm": "instance"}},
+    "model": {"arch": "unet", "encoder": {"name": "tiny", "channels": [8, 16], "norm": "instance"}},
     "data": {"preset": "synthetic-3d",
              "options": {"num_train": 4, "num_held_out": 2, "size": [24, 24, 24], "seed": 1, "num_classes": 2},
              "batch_size": 2, "patch_size": [24, 24, 24]},
@@ -28,7 +28,7 @@ TINY_3D: dict[str, Any] = {
 
 #: a run small enough to kill and resume several times in a few seconds (flips: random augmentation).
 RESUMABLE: dict[str, Any] = {
-    "model": {"arch": "unet", "encoder": {"name": "cnn", "channels": [4, 8], "norm": "instance", "dropout": 0.1}},
+    "model": {"arch": "unet", "encoder": {"name": "tiny", "channels": [4, 8], "norm": "instance", "dropout": 0.1}},
     "data": {"preset": "synthetic-2d", "options": {"num_train": 6, "num_held_out": 2, "size": [32, 32]},
              "batch_size": 2, "patch_size": [24, 24], "transforms": {"flip": 0.5}},
     "train": {"steps": 24, "lr": 0.01, "val_every": 8, "save_every": 3, "threads": 1, "progress": False},

@@ -51,12 +51,25 @@ def demo_config(synthetic: bool = False, steps: int | None = None, output: str |
     return cfg
 
 
+def require_demo_family() -> None:
+    """The demo's measured figures are for the ``cnn`` family, which is a plugin: without it,
+    say in one line what to install rather than train something else."""
+    from ..errors import ConfigError
+    from ..registry import get_registry
+
+    family = DEMO["model"]["encoder"]["name"]
+    if family not in get_registry().components("encoder"):
+        raise ConfigError(f"flemme demo trains the {family!r} encoder family, which is not installed; "
+                          f"install it with `pip install ./plugins/flemme-{family}` (or pip install flemme-{family})")
+
+
 def run_demo(synthetic: bool = False, steps: int | None = None, output: str | None = None,
              threads: int | None = None, quiet: bool = False) -> dict[str, Any]:
     """Train (replacing a previous demo run in ``output``), evaluate, write the figures."""
     from .config import run_config_from_dict
     from .trainer import train
 
+    require_demo_family()
     name = "synthetic-2d-demo" if synthetic else "mni152-tissue-3d-demo"
     run = run_config_from_dict(demo_config(synthetic, steps, output or f"runs/{name}", threads), name=name)
     return train(run, overwrite=True, quiet=quiet)

@@ -86,3 +86,18 @@ def test_basic_unet_topology_matches_monai_within_a_few_percent():
 def test_bad_options(key, value, message):
     with pytest.raises(ConfigError, match=message):
         cnn(**{key: value})
+
+
+def test_cnn_conv_stack_matches_functional_reference():
+    """A 1-level cnn 'unet' with conv blocks is a conv-norm-relu stack: compare with a hand-built
+    torch reference carrying the same weights."""
+    model = build_model({"arch": "ae", "encoder": {"name": "cnn", "channels": [4], "block": "conv",
+                                                   "norm": "none"}, "out_channels": 1, "image_size": 8})
+    model.eval()
+    x = torch.randn(1, 1, 8, 8)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    ref = x
+    for conv in convs[:-1]:
+        ref = torch.relu(torch.nn.functional.conv2d(ref, conv.weight, conv.bias, padding=1))
+    ref = torch.nn.functional.conv2d(ref, convs[-1].weight, convs[-1].bias)
+    assert torch.allclose(model(x), ref, atol=1e-6)
