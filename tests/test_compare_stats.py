@@ -7,7 +7,6 @@ import itertools
 
 import numpy as np
 import pytest
-import torch
 
 from flemme_core.compare.budget import Budget, match_params, parse_budget, parse_shard
 from flemme_core.compare.plot import pareto_front

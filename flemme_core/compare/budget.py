@@ -95,19 +95,23 @@ def parse_shard(text: str | None) -> tuple[int, int]:
 
 
 # -- match: params ------------------------------------------------------------------------
-def count_parameters(model_config: dict[str, Any]) -> int:
-    """Parameters of a model config, built on the meta device (no memory, no init cost);
-    falls back to a CPU build for factories that compute on their tensors while building."""
+def build_cheaply(model_config: dict[str, Any]) -> Any:
+    """The model of a config built on the meta device (no memory, no init cost), or on the CPU
+    for factories that compute on their tensors while building."""
     import torch
 
     from ..build import build_model
 
     try:
         with torch.device("meta"):
-            model = build_model(copy.deepcopy(model_config))
+            return build_model(copy.deepcopy(model_config))
     except (RuntimeError, NotImplementedError, TypeError, ValueError):
-        model = build_model(copy.deepcopy(model_config))
-    return sum(p.numel() for p in model.parameters())
+        return build_model(copy.deepcopy(model_config))
+
+
+def count_parameters(model_config: dict[str, Any]) -> int:
+    """Parameters of a model config (built cheaply)."""
+    return sum(p.numel() for p in build_cheaply(model_config).parameters())
 
 
 def _get(config: dict[str, Any], key: str) -> Any:

@@ -95,9 +95,9 @@ def _model(model: dict[str, Any], info: Any, cell: Cell) -> tuple[dict[str, Any]
         full = complete_model_config(model, info)
         match = cell.row.match
         if match:
-            key = match.get("key", "encoder.channels")
-            full, n = match_params(full, match["params"], key=key, multiple=int(match.get("multiple", 8)), what=where,
-                                   base=_default_widths(full) if key == "encoder.channels" else None)
+            key, multiple = _width_key(model, match, where)
+            full, n = match_params(full, match["params"], key=key, multiple=multiple, what=where,
+                                   base=_default_widths(full, key))
             # the cell keeps only what the study set, plus the matched widths
             model = copy.deepcopy(model)
             node, parts = model, key.split(".")
@@ -110,20 +110,40 @@ def _model(model: dict[str, Any], info: Any, cell: Cell) -> tuple[dict[str, Any]
             return model, n
         return model, count_parameters(full)
     except FlemmeError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+        raise ConfigError(str(exc) if where in str(exc) else f"{where}: {exc}") from None
 
 
-def _default_widths(model: dict[str, Any]) -> list[int] | None:
-    """The configured encoder widths, or the family's defaults (read off a meta-device build)."""
-    widths = (model.get("encoder") or {}).get("channels") if isinstance(model.get("encoder"), dict) else None
-    if widths is not None or "encoder" not in model:
-        return widths
-    import torch
+def _width_key(model: dict[str, Any], match: dict[str, Any], where: str) -> tuple[str, int]:
+    """Which widths ``match: params`` scales: the encoder's channels, or for a reference network
+    the arch option its registration names (metadata ``widths``, ``width_multiple``)."""
+    if "encoder" in model:
+        return match.get("key", "encoder.channels"), int(match.get("multiple", 8))
+    from ..registry import get_registry
 
-    from ..build import build_model
+    meta = get_registry().get("architecture", model["arch"]).metadata
+    key = match.get("key") or (f"arch_options.{meta['widths']}" if meta.get("widths") else None)
+    if key is None:
+        raise ConfigError(f"{where}: match: params needs the widths to scale; architecture {model['arch']!r} "
+                          "declares none: give match: {params: N, key: arch_options.NAME}")
+    return key, int(match.get("multiple", meta.get("width_multiple", 1)))
 
-    with torch.device("meta"):
-        return list(build_model(copy.deepcopy(model)).encoder.feature_channels)
+
+def _default_widths(model: dict[str, Any], key: str) -> Any:
+    """The widths at ``key``, or the defaults the model fills in (read off a meta-device build:
+    the encoder's channels, or the architecture's parsed ``options``)."""
+    node: Any = model
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    if node is not None:
+        return node
+    from .budget import build_cheaply
+
+    built = build_cheaply(model)
+    if key == "encoder.channels":
+        return list(built.encoder.feature_channels)
+    name = key.split(".", 1)[1] if key.startswith("arch_options.") else key
+    value = getattr(getattr(built, "options", None), name, None)
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 def check_unchanged(planned: list[PlannedCell]) -> None:

@@ -83,10 +83,10 @@ def _run(study: Any, out: Path, index: int, count: int, table_only: bool, quiet:
     if not table_only:
         _write_study(out, study)
         todo = [p for p in mine if p.result() is None]
-        progress = StudyProgress(len(mine), len(todo), study.budget.seconds, quiet=quiet)
+        progress = StudyProgress(len(mine), len(todo), study.longest_seconds(), quiet=quiet)
         part = f" (shard {index}/{count})" if count > 1 else ""
         progress.message(f"study {study.name}: {len(planned)} cells{part}, {len(mine) - len(todo)} finished, "
-                         f"{len(todo)} to run; budget {study.budget.describe()} per cell; folder {out}")
+                         f"{len(todo)} to run; budget per cell {study.budget_text()}; folder {out}")
         for k, p in enumerate(mine, 1):
             if p.result() is not None:
                 continue
@@ -107,7 +107,8 @@ def _run(study: Any, out: Path, index: int, count: int, table_only: bool, quiet:
     missing = [p.cell.path for p in planned if not p.result_path.exists()]
     entries = summarize(results, [r.id for r in study.rows], [d.id for d in study.datasets], study.metric,
                         study.bootstrap)
-    files = write_report(out, {**study.to_dict(), "cells": len(planned)}, entries, missing)
+    files = write_report(out, {**study.to_dict(), "cells": len(planned), "budget_text": study.budget_text()},
+                         entries, missing)
     click.echo((out / "report.md").read_text())
     click.echo("wrote " + ", ".join(str(f) for f in files.values()), err=True)
     return failures

@@ -12,9 +12,9 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from .report import higher_is_better  # noqa: E402
+from .report import higher_is_better
 
 
 def pareto_front(points: list[tuple[float, float]], higher: bool) -> list[int]:

@@ -139,26 +139,26 @@ def markdown_table(entries: list[dict[str, Any]]) -> str:
         diff, better = _paired_cell(e)
         lines.append([e["row"], str(len(e["seeds"])), *[_ms(e["metrics"].get(c), _digits(c)) for c in cols],
                       diff, better, _si(e["parameters"]), _si(e["macs"]), _num_cell(e["s_per_step"], ".3f"),
-                      _num_cell(e["train_seconds"], ".0f"), _num_cell(e["infer_ms"], ".1f"),
+                      _num_cell(e["train_seconds"], ".1f" if (e["train_seconds"] or 0) < 100 else ".0f"), _num_cell(e["infer_ms"], ".1f"),
                       _num_cell(e["peak_memory_mb"], ".0f")])
     widths = [max(len(h), *(len(r[i]) for r in lines)) for i, h in enumerate(head)]
     right = [i for i in range(len(head)) if i > 0]
-    fmt = lambda cells: "| " + " | ".join(c.rjust(w) if i in right else c.ljust(w)  # noqa: E731
+    fmt = lambda cells: "| " + " | ".join(c.rjust(w) if i in right else c.ljust(w)
                                           for i, (c, w) in enumerate(zip(cells, widths))) + " |"
     rule = "|" + "|".join(("-" * (w + 1) + ":") if i in right else ("-" * (w + 2)) for i, w in enumerate(widths)) + "|"
     return "\n".join([fmt(head), rule, *(fmt(r) for r in lines)])
 
 
 def markdown(study: dict[str, Any], entries: list[dict[str, Any]], missing: list[str]) -> str:
-    budget = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in study.get("budget", {}).items())
+    budget = study.get("budget_text", "")
     out = [f"## Study {study['name']}", "",
-           f"Budget per cell: {budget or 'train.steps'}; seeds {', '.join(map(str, study['seeds']))}; "
+           (f"Budget per cell: {budget or 'train.steps'}; seeds {', '.join(map(str, study['seeds']))}; "
            f"baseline {study['baseline']}. Metrics: mean ± std over seeds on the held-out items; Δ: paired "
            "difference with the baseline over the same seeds and items, 95% hierarchical bootstrap interval "
            "(seeds, then items); better: seeds in which the row's mean is better. MACs per sample: one "
            "forward of one training patch (torch.utils.flop_counter; custom kernels such as mamba's scan are "
            "not counted). infer ms: one whole held-out image at 1 thread. peak MB: peak memory of the cell's "
-           "process (RSS on CPU, allocated on CUDA)."]
+           "process (RSS on CPU, allocated on CUDA).")]
     for ds in dict.fromkeys(e["dataset"] for e in entries):
         group = [e for e in entries if e["dataset"] == ds]
         out += ["", f"### {ds}", "", f"Held out: {group[0]['held_out']}.", "", markdown_table(group)]

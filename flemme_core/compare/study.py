@@ -34,7 +34,7 @@ from .budget import Budget, parse_budget
 STUDY_KEYS = ["name", "encoders", "architectures", "rows", "datasets", "seeds", "budget", "baseline", "metric",
               "bootstrap", "threads", "model", "data", "train", "match"]
 ROW_KEYS = ["name", "encoder", "arch", "arch_options", "model", "data", "train", "match", "baseline", "datasets"]
-DATASET_SECTION_KEYS = ("name", "model", "train")
+DATASET_SECTION_KEYS = ("name", "model", "train", "budget")
 MATCH_KEYS = ["params", "key", "multiple"]
 #: what a cell's training always sets (validation only at the end: the study evaluates once)
 CELL_TRAIN_DEFAULTS = {"val_every": 0, "progress": False}
@@ -64,6 +64,7 @@ class DatasetSpec:
     data: dict[str, Any]
     model: dict[str, Any] = dataclasses.field(default_factory=dict)
     train: dict[str, Any] = dataclasses.field(default_factory=dict)
+    budget: Budget | None = None  # this dataset's own budget (e.g. its own seconds); --budget overrides it
 
 
 @dataclasses.dataclass
@@ -102,6 +103,17 @@ class Study:
         return [Cell(row, ds, seed) for seed in self.seeds for ds in self.datasets for row in self.rows
                 if row.datasets is None or ds.id in row.datasets]
 
+    def budget_text(self) -> str:
+        """The budget per cell in words (per dataset when datasets have their own)."""
+        if all(d.budget is None for d in self.datasets):
+            return self.budget.describe()
+        return "; ".join(f"{d.id}: {(d.budget or self.budget).describe()}" for d in self.datasets)
+
+    def longest_seconds(self) -> float | None:
+        """The largest wall-clock budget of a cell (for the first ETA), if any."""
+        seconds = [b.seconds for b in [self.budget, *(d.budget for d in self.datasets)] if b and b.seconds]
+        return max(seconds) if seconds else None
+
     def baseline_of(self, row: Row) -> str:
         return row.baseline or self.baseline
 
@@ -117,7 +129,7 @@ class Study:
         else:
             model.pop("encoder", None)
         data = merge(self.data, ds.data, row.data)
-        train = merge(CELL_TRAIN_DEFAULTS, self.train, ds.train, row.train, self.budget.train_keys())
+        train = merge(CELL_TRAIN_DEFAULTS, self.train, ds.train, row.train, (ds.budget or self.budget).train_keys())
         train["seed"] = cell.seed
         if self.threads:
             train["threads"] = self.threads
@@ -136,9 +148,10 @@ class Study:
                 if value:
                     row[key] = copy.deepcopy(value)
             rows.append(row)
+        budget = _budget_dict(self.budget)
         datasets = [{"name": d.id, **copy.deepcopy(d.data), **({"model": d.model} if d.model else {}),
-                     **({"train": d.train} if d.train else {})} for d in self.datasets]
-        budget = {k: v for k, v in dataclasses.asdict(self.budget).items() if v is not None}
+                     **({"train": d.train} if d.train else {}),
+                     **({"budget": _budget_dict(d.budget)} if d.budget else {})} for d in self.datasets]
         out = {"name": self.name, "rows": rows, "datasets": datasets, "seeds": list(self.seeds), "budget": budget,
                "baseline": self.baseline, "metric": self.metric, "bootstrap": self.bootstrap,
                "threads": self.threads, "model": self.model, "data": self.data, "train": self.train}
@@ -146,6 +159,10 @@ class Study:
 
 
 # -- helpers --------------------------------------------------------------------------------
+def _budget_dict(budget: Budget) -> dict[str, Any]:
+    return {k: v for k, v in dataclasses.asdict(budget).items() if v is not None}
+
+
 def slug(text: str) -> str:
     """A folder name for a row or dataset id (':' and other punctuation become '-')."""
     return re.sub(r"[^A-Za-z0-9._=+-]+", "-", text).strip("-") or "row"
@@ -243,6 +260,9 @@ def load_study(path: str | Path | None = None, *, encoders: str | None = None, a
         raw["architectures"] = split_list(archs)
     if data:
         raw["datasets"] = split_list(data)
+    if budget is not None:  # --budget: the same for every dataset
+        raw["datasets"] = [({k: v for k, v in d.items() if k != "budget"} if isinstance(d, dict) else d)
+                           for d in _as_list(raw.get("datasets"), "datasets")]
     for key, value in (("seeds", seeds), ("budget", budget), ("baseline", baseline), ("threads", threads)):
         if value is not None:
             raw[key] = value
@@ -419,8 +439,9 @@ def _dataset(raw: Any) -> DatasetSpec:
     for key in ("model", "train"):
         if not isinstance(sections.get(key) or {}, dict):
             raise ConfigError(f"dataset {name}: {key}: must be a mapping")
+    budget = parse_budget(sections["budget"]) if sections.get("budget") else None
     return DatasetSpec(id=str(name), data=raw, model=dict(sections.get("model") or {}),
-                       train=dict(sections.get("train") or {}))
+                       train=dict(sections.get("train") or {}), budget=budget)
 
 
 def _check_name(kind: str, name: str) -> None:

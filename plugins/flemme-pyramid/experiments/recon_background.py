@@ -3,12 +3,13 @@
 Why: with each slice's own data range, SSIM in the flat, near-zero air around the head
 (~25% of a Colin27 slice) punishes any residual texture or small offset far more than
 PSNR does, so a model can match another's PSNR and lose SSIM there alone. This script
-re-evaluates the finished recon runs of ``pyramid_experiment.py`` (same held-out slices,
+re-evaluates the finished cells of the ``pyramid-recon.yaml`` study (same held-out slices,
 same sliding-window inference, same metric code) and splits the SSIM map into background
 (target <= 2% of its range) and the rest; it also scores the outputs clipped to [0, 1],
 the range the preset scales the clean images to (a known prior, applied to both models).
 
-    python plugins/flemme-pyramid/experiments/recon_background.py --out runs/pyramid-experiment
+    flemme compare plugins/flemme-pyramid/experiments/pyramid-recon.yaml -o runs/pyramid-recon
+    python plugins/flemme-pyramid/experiments/recon_background.py --out runs/pyramid-recon
 """
 
 from __future__ import annotations
@@ -61,8 +62,10 @@ def evaluate_run(run_dir: Path) -> dict[str, float]:
 
 
 def _ms(values: list[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.4f} ± {sd:.4f}"
+    from flemme_core.compare.stats import mean_std
+
+    mean, sd, _ = mean_std(values)
+    return f"{mean:.4f} ± {sd:.4f}"
 
 
 def table(rows: dict[tuple[str, str, int], dict[str, float]]) -> str:
@@ -82,27 +85,27 @@ def table(rows: dict[tuple[str, str, int], dict[str, float]]) -> str:
             cells = []
             for k in keys:
                 d = [rows[(family, PAIR[1], s)][k] - rows[(family, PAIR[0], s)][k] for s in paired]
-                sd = statistics.stdev(d) if len(d) > 1 else 0.0
-                cells.append(f"Δ {statistics.fmean(d):+.4f} ± {sd:.4f} ({sum(v > 0 for v in d)}/{len(d)} higher)")
+                cells.append(f"Δ {_ms(d)} ({sum(v > 0 for v in d)}/{len(d)} higher)")
             lines.append(f"| {family} | **hae − ae** | | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="runs/pyramid-experiment", help="the pyramid experiment's folder")
+    parser.add_argument("--out", default="runs/pyramid-recon", help="the pyramid-recon study's folder")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
     rows: dict[tuple[str, str, int], dict[str, Any]] = {}
-    for run in sorted((Path(args.out) / "runs").glob("recon-*-s*")):
-        _, family, arch, seed = run.name.split("-")
-        if (run / "summary.json").exists() and (run / "last.safetensors").exists():
-            rows[(family, arch, int(seed[1:]))] = evaluate_run(run)
-            print(run.name, {k: round(v, 4) for k, v in rows[(family, arch, int(seed[1:]))].items()
-                             if math.isfinite(v)}, flush=True)
+    for run in sorted(Path(args.out).glob("cells/*/*/seed*")):  # cells/<family>+<arch>/<dataset>/seed<k>
+        family, _, arch = run.parents[1].name.partition("+")
+        key = (family, arch, int(run.name.removeprefix("seed")))
+        if arch in PAIR and (run / "result.json").exists():
+            rows[key] = evaluate_run(run)
+            print(run.relative_to(args.out), {k: round(v, 4) for k, v in rows[key].items() if math.isfinite(v)},
+                  flush=True)
     text = table(rows)
     (Path(args.out) / "recon_background.md").write_text(text + "\n")
     print(text)

@@ -1,0 +1,173 @@
+"""``flemme compare`` end to end on a tiny study (2 encoder rows x 1 arch x synthetic data x
+2 seeds, a few steps): every report column, kill and re-run, shards + --table-only equal to
+the unsharded study, a changed cell refused, bad input in one line with nothing written."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from flemme_core.cli import main
+
+STUDY = {
+    "name": "tiny",
+    "encoders": ["tiny", "tiny:kernel_size=5"],
+    "architectures": ["unet"],
+    "datasets": [{"name": "syn", "preset": "synthetic-2d", "patch_size": [32, 32], "batch_size": 2,
+                  "options": {"num_train": 6, "num_held_out": 3, "size": [32, 32], "seed": 0}}],
+    "model": {"encoder": {"channels": [4, 8], "norm": "instance"}},
+    "train": {"save_every": 2, "lr": 0.01},
+    "seeds": 2,
+    "budget": {"steps": 16},
+    "threads": 1,
+    "bootstrap": 1000,
+}
+ROWS = ["tiny+unet", "tiny:kernel_size=5+unet"]
+#: what must be identical between two runs of the same study (timings are not)
+QUALITY = ("dataset", "row", "seeds", "baseline", "metric", "metrics", "parameters", "macs", "paired", "steps_trained")
+
+
+def _compare(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flemme_core", "compare", *args], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def _quality(folder: Path) -> list[dict]:
+    entries = json.loads((folder / "report.json").read_text())["entries"]
+    return [{k: e.get(k) for k in QUALITY} for e in entries]
+
+
+@pytest.fixture(scope="module")
+def study_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("study") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(STUDY))
+    return path
+
+
+@pytest.fixture(scope="module")
+def full(study_file) -> Path:
+    out = study_file.parent / "full"
+    proc = _compare(str(study_file), "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_tiny_study_writes_every_report_column(full):
+    report = json.loads((full / "report.json").read_text())
+    entries = report["entries"]
+    assert [e["row"] for e in entries] == ROWS and not report["missing"]
+    classes = ["dice/disk-1", "dice/square-2"]
+    for e in entries:
+        assert e["seeds"] == [0, 1] and e["steps_trained"] == 16
+        for key in ["dice", "hd95", *classes]:
+            m = e["metrics"][key]
+            assert m["n"] == 2 and len(m["values"]) == 2 and m["std"] >= 0
+        assert e["parameters"] > 1000 and e["macs"] > 10_000
+        for key in ("s_per_step", "train_seconds", "infer_ms", "peak_memory_mb"):
+            assert e[key] > 0, key
+    base, other = entries
+    assert "paired" not in base
+    p = other["paired"]
+    assert p["seeds"] == 2 and p["items"] == 3 and 0 <= p["better_seeds"] <= 2 and p["low"] <= p["diff"] <= p["high"]
+    # the paired mean difference is the difference of the rows' means (same seeds, same items)
+    assert p["diff"] == pytest.approx(_mean_item_dice(full, ROWS[1]) - _mean_item_dice(full, ROWS[0]))
+    md = (full / "report.md").read_text()
+    for column in ("dice", "dice/disk-1", "hd95", "Δ dice vs baseline [95% CI]", "better", "params", "MACs/sample",
+                   "train s/step", "train s", "infer ms", "peak MB", *ROWS):
+        assert column in md
+    lines = [ln for ln in md.splitlines() if ln.startswith("|")]
+    assert len({len(ln) for ln in lines}) == 1  # aligned: readable as printed
+    rows = list(csv.DictReader((full / "report.csv").open()))
+    assert [r["row"] for r in rows] == ROWS and float(rows[0]["dice_mean"]) == pytest.approx(base["metrics"]["dice"]["mean"])
+    assert (full / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the resolved study and ordinary run folders
+    resolved = yaml.safe_load((full / "study.yaml").read_text())
+    assert [r["name"] for r in resolved["rows"]] == ROWS and resolved["seeds"] == [0, 1]
+    cell = full / "cells" / "tiny+unet" / "syn" / "seed1"
+    for name in ("config.yaml", "last.safetensors", "metrics.jsonl", ".flemme-run.json", "result.json", "cell.yaml"):
+        assert (cell / name).exists(), name
+    assert yaml.safe_load((cell / "config.yaml").read_text())["train"]["seed"] == 1
+
+
+def _mean_item_dice(folder: Path, row: str) -> float:
+    values = []
+    for seed in (0, 1):
+        from flemme_core.compare.study import slug
+
+        result = json.loads((folder / "cells" / slug(row) / "syn" / f"seed{seed}" / "result.json").read_text())
+        values += [item["dice"] for item in result["per_item"]]
+    return sum(values) / len(values)
+
+
+def test_shards_kill_and_rerun_equal_the_uninterrupted_study(full, study_file):
+    out = study_file.parent / "sharded"
+    first = _compare(str(study_file), "-o", str(out), "--shard", "1/2")
+    assert first.returncode == 0, first.stderr
+    # shard 2 runs the second row for seeds 0 then 1: kill it while it trains seed 1
+    finished = out / "cells" / "tiny-kernel_size=5+unet" / "syn" / "seed0"
+    target = out / "cells" / "tiny-kernel_size=5+unet" / "syn" / "seed1"
+    proc = subprocess.Popen([sys.executable, "-m", "flemme_core", "compare", str(study_file), "-o", str(out),
+                             "--shard", "2/2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 600
+    while not ((target / "state.json").exists() and not (target / "result.json").exists()):
+        assert proc.poll() is None and time.time() < deadline, "shard 2 ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (target / "result.json").exists()
+    kept = {p.name: p.stat().st_mtime_ns for p in finished.iterdir() if p.is_file()}
+    again = _compare(str(study_file), "-o", str(out), "--shard", "2/2")
+    assert again.returncode == 0, again.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in finished.iterdir() if p.is_file() and p.name in kept} == kept
+    assert "1 finished, 1 to run" in again.stderr
+    table = _compare(str(study_file), "-o", str(out), "--table-only")
+    assert table.returncode == 0, table.stderr
+    assert _quality(out) == _quality(full)
+    assert "### syn" in table.stdout and "start" not in table.stderr  # the table on stdout, nothing trained
+
+
+def test_a_changed_cell_is_refused_in_one_line(full, study_file):
+    changed = study_file.parent / "changed.yaml"
+    changed.write_text(yaml.safe_dump({**STUDY, "train": {**STUDY["train"], "lr": 0.02}}))
+    before = (full / "report.md").stat().st_mtime_ns
+    proc = _compare(str(changed), "-o", str(full))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert "was run with a different config (train.lr changed)" in proc.stderr
+    assert (full / "report.md").stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--encoders", "tiny,tinyy", "--arch", "unet", "--data", "synthetic-2d"], "unknown encoder 'tinyy'; did you mean 'tiny'"),
+    (["--encoders", "tiny", "--arch", "unett", "--data", "synthetic-2d"], "unknown architecture 'unett'; did you mean 'unet'"),
+    (["--encoders", "tiny", "--arch", "unet", "--data", "synthetc-2d"], "unknown dataset 'synthetc-2d'; did you mean 'synthetic-2d'"),
+    (["--encoders", "tiny", "--arch", "unet", "--data", "synthetic-2d", "--shard", "5/4"], "--shard '5/4' must be i/n"),
+    (["--encoders", "tiny", "--arch", "unet", "--data", "synthetic-2d", "--budget", "steps=-1"],
+     "budget steps must be a positive whole number"),
+    (["--encoders", "tiny", "--arch", "unet", "--data", "synthetic-2d", "--match-params", "10"],
+     "match: params 10 is impossible for row tiny+unet on synthetic-2d: the closest is"),
+    (["--encoders", "tiny", "--arch", "unet", "--data", "synthetic-2d", "--baseline", "cnn+unet"], "unknown baseline row"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, fragment):
+    out = tmp_path / "study"
+    result = CliRunner().invoke(main, ["compare", *args, "-o", str(out)])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("Error: ") and result.output.strip().count("\n") == 0, result.output
+    assert fragment in result.output
+    assert not out.exists()
+
+
+def test_table_only_needs_a_study_folder(tmp_path, study_file):
+    result = CliRunner().invoke(main, ["compare", str(study_file), "--table-only", "-o", str(tmp_path / "none")])
+    assert result.exit_code == 2 and "does not exist" in result.output
