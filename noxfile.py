@@ -41,6 +41,68 @@ def example_plugin(session: nox.Session) -> None:
     session.run("python", "-m", "pytest", "examples/flemme-plugin-template/tests", *session.posargs)
 
 
+def _isolated_targets() -> list[tuple[str, Path, str]]:
+    """(name, project folder, tests folder) of the core, every plugin and the example plugin."""
+    out = [("flemme-core", ROOT, "tests")]
+    out += [(name, ROOT / "plugins" / name, f"plugins/{name}/tests") for name in PLUGINS]
+    return out + [("flemme-convnext", ROOT / "examples/flemme-plugin-template", "examples/flemme-plugin-template/tests")]
+
+
+def _local_requirements(project: Path) -> list[str]:
+    """Local folders of the flemme distributions a project needs (declared or in its ``test``
+    extra), recursively: they are not on the package index, so pip is given their paths."""
+    import tomllib
+
+    local = {"flemme-core": ROOT} | {name: ROOT / "plugins" / name for name in PLUGINS}
+    found: dict[str, Path] = {}
+    todo = [project]
+    while todo:
+        meta = tomllib.loads((todo.pop() / "pyproject.toml").read_text())["project"]
+        for req in meta.get("dependencies", []) + meta.get("optional-dependencies", {}).get("test", []):
+            name = req.split(";")[0].split("[")[0].split(">")[0].split("=")[0].split("<")[0].strip()
+            if name in local and name not in found:
+                found[name] = local[name]
+                todo.append(local[name])
+    return [str(path) for path in found.values()]
+
+
+@nox.session(name="isolated")
+def isolated(session: nox.Session) -> None:
+    """flemme-core alone, and each plugin with ONLY its declared dependencies (its ``test``
+    extra included), each in a fresh virtual environment, running its own tests there.
+
+    torch is installed once into a base environment (``.nox/isolated/_torch``); every test
+    environment is a fresh venv that sees that base through a ``.pth`` file and nothing else,
+    so a plugin that imports an undeclared sibling fails here. ``nox -s isolated -- flemme-cnn``
+    runs only the named targets. Not in the default sessions (minutes of installs).
+    """
+    import shutil
+    import sys
+
+    home = ROOT / ".nox" / "isolated"
+    base = home / "_torch"
+    site = f"lib/python{sys.version_info.major}.{sys.version_info.minor}/site-packages"
+    if not (base / site / "torch").is_dir():
+        session.run(sys.executable, "-m", "venv", "--clear", str(base))
+        import torch  # the version of the environment nox runs in (the local CPU wheel)
+
+        session.run(str(base / "bin/python"), "-m", "pip", "install", "-q", f"torch=={torch.__version__.split('+')[0]}")
+    wanted = set(session.posargs)
+    for name, project, tests in _isolated_targets():
+        if wanted and name not in wanted:
+            continue
+        venv = home / name
+        shutil.rmtree(venv, ignore_errors=True)
+        session.run(sys.executable, "-m", "venv", str(venv))
+        (venv / site / "_flemme_torch_base.pth").write_text(str((base / site).resolve()) + "\n")
+        extra = "[test]"
+        session.log(f"== {name}: {project.relative_to(ROOT) if project != ROOT else '.'}{extra} and its local dependencies")
+        session.run(str(venv / "bin/python"), "-m", "pip", "install", "-q", f"{project}{extra}",
+                    *_local_requirements(project))
+        session.run(str(venv / "bin/python"), "-m", "pip", "check")
+        session.run(str(venv / "bin/pytest"), tests, "-p", "no:cacheprovider", "-x", "-q", external=True)
+
+
 @nox.session
 def slow(session: nox.Session) -> None:
     """Tests marked slow: real data presets, end-to-end runs."""
