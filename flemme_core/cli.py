@@ -160,9 +160,12 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def model_dict_from_cli(config_path: str | None, flags: dict[str, Any], overrides: tuple[str, ...]) -> dict[str, Any]:
-    """Merge a YAML file's ``model:`` section, explicit flags and ``--set a.b=c`` overrides."""
-    from .config import ConfigError, load_yaml, set_dotted
+def model_dict_from_cli(config_path: str | None, flags: dict[str, Any], overrides: tuple[str, ...],
+                        notes: list[str] | None = None) -> dict[str, Any]:
+    """Merge a YAML file's ``model:`` section, explicit flags and ``--set a.b=c`` overrides
+    (:mod:`flemme_core.overrides`: null removes a key, a new family drops the old one's options)."""
+    from .config import ConfigError, load_yaml
+    from .overrides import apply_override
 
     model: dict[str, Any] = {}
     if config_path:
@@ -177,16 +180,12 @@ def model_dict_from_cli(config_path: str | None, flags: dict[str, Any], override
     for key, value in flags.items():
         if value is None:
             continue
-        path = mapping[key]
-        node = model
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = value
+        apply_override(model, ".".join(mapping[key]), value, notes)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value (e.g. encoder.block=res_conv), got {item!r}")
         key, value = item.split("=", 1)
-        set_dotted(model, key.strip(), _parse_value(value))
+        apply_override(model, key.strip(), _parse_value(value), notes)
     if not model["encoder"]:
         model.pop("encoder")
     return model
@@ -238,6 +237,25 @@ def _format_summary(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _complete_from_data(config_path: str, model: dict[str, Any], notes: list[str]) -> dict[str, Any]:
+    """A config with a ``data:`` section: image size, dimensions, channels and classes come
+    from the data exactly as ``flemme train`` resolves them (checked the same way)."""
+    from .config import load_yaml
+
+    data = load_yaml(config_path).get("data")
+    if not isinstance(data, dict) or not data:
+        return model
+    from .data import check_data
+    from .training.setup import complete_model_config
+
+    info = check_data(data)
+    model = complete_model_config(model, info)
+    notes.append(f"image size {'x'.join(map(str, model['image_size']))} ({model['dims']}D), "
+                 f"{model['in_channels']} channel(s) in, {model['out_channels']} out: from the config's data: "
+                 f"section ({info.name}), as flemme train resolves them")
+    return model
+
+
 @main.command("build")
 @model_options
 @click.option("--batch-size", "batch_size", type=int, default=1, show_default=True, help="Dummy batch size.")
@@ -248,7 +266,12 @@ def build_command(config_path, overrides, batch_size, save_path, as_json, **flag
 
     With only --encoder and --arch the defaults apply: 2D, 128×128, 1 channel in, 2 out.
     """
-    model_dict = model_dict_from_cli(config_path, flags, overrides)
+    notes: list[str] = []
+    model_dict = model_dict_from_cli(config_path, flags, overrides, notes)
+    if config_path:
+        model_dict = _complete_from_data(config_path, model_dict, notes)
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
     from .build import build_model, summarize
     from .checkpoint import save_model
 

@@ -47,10 +47,33 @@ def _run_config(config_path: str | None, data: str | None, sets: tuple[str, ...]
         run.data.update(data_source(data))
         if config_path is None:
             run.name = data.rsplit("/", 1)[-1].removesuffix(".json")
+    model_keys = ("encoder", "arch", "model.encoder", "model.arch")
+    if config_path is None or flags.get("encoder") or flags.get("arch") or \
+            any(item.split("=", 1)[0].strip().startswith(model_keys) for item in sets):
+        run.name = default_run_name(run.name, run.model)
     if not run.data:
         raise ConfigError("no data: give a config file with a data: section, or --data PRESET "
                           "(see `flemme list datasets`)")
+    if int(os.environ.get("RANK", "0")) == 0:
+        for note in run.notes:
+            click.echo(f"note: {note}", err=True)
     return run
+
+
+def default_run_name(base: str, model: dict[str, Any]) -> str:
+    """``<config or data>-<arch>-<encoder>``: runs of different models on the same data never
+    share a default folder (a config file's own name is kept when the command line does not
+    change its model)."""
+    from .build import default_encoder_name
+    from .registry import get_registry
+
+    arch = model.get("arch") or "unet"
+    encoder = model.get("encoder")
+    name = encoder.get("name") if isinstance(encoder, dict) else encoder
+    takes_encoder = get_registry().get("architecture", arch).metadata.get("encoder", True) is not False
+    if name is None and takes_encoder:
+        name = default_encoder_name(announce=False)
+    return "-".join(str(p) for p in (base, arch, name if takes_encoder else None) if p)
 
 
 def _launch_args(config_path: str | None, data: str | None, sets: tuple[str, ...], flags: dict[str, Any],

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..config import _check_keys, _int_list, load_yaml, set_dotted
+from ..config import _check_keys, _int_list, load_yaml
 from ..errors import ConfigError, unknown_name_message
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -71,6 +71,38 @@ class TrainConfig:
 
 
 TRAIN_KEYS = [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def plan_stage_steps(cfg: TrainConfig, names: list[str], total: int | None = None) -> tuple[list[int], str]:
+    """Steps of each stage, and a note when they were rescaled.
+
+    A config file's stages keep their own ``steps`` (a stage without one takes
+    ``train.steps``). ``total`` (``--steps N`` on the command line) is the run's total: the
+    stages are scaled proportionally to sum to exactly N (largest remainders, at least one
+    step each), so a flag never leaves a staged run at its file's length.
+    """
+    steps = [int(cfg.stage_settings(name)["steps"]) for name in names]
+    if total is None or len(names) < 2 or sum(steps) == total:
+        return steps, ""
+    if total < len(names):
+        raise ConfigError(f"--steps {total} is fewer than the {len(names)} stages ({', '.join(names)}); give at "
+                          f"least {len(names)}, or set each stage with --set train.stages.NAME.steps=N")
+    before = sum(steps)
+    exact = [total * s / before for s in steps]
+    scaled = [max(1, int(e)) for e in exact]
+    order = sorted(range(len(steps)), key=lambda i: exact[i] - int(exact[i]), reverse=True)
+    i = 0
+    while sum(scaled) != total:
+        k = order[i % len(order)]
+        if sum(scaled) < total:
+            scaled[k] += 1
+        elif scaled[k] > 1:
+            scaled[k] -= 1
+        i += 1
+    note = (f"--steps {total} is the total over the {len(names)} stages, scaled from "
+            + " + ".join(f"{n} {s}" for n, s in zip(names, steps)) + ": "
+            + ", ".join(f"{n} {s}" for n, s in zip(names, scaled)) + " (config.yaml records these)")
+    return scaled, note
 
 
 def _positive_int(value: Any, where: str, allow_zero: bool = False) -> int:
@@ -163,6 +195,11 @@ class RunConfig:
     data: dict[str, Any]
     train: TrainConfig
     name: str = "run"
+    #: ``train.steps`` came from the command line (``--steps``/``--set``): it is the total over
+    #: the stages, which the trainer scales to it (a config file's per-stage steps stay as written).
+    steps_from_cli: bool = False
+    #: what the command-line changes dropped or rescaled, for the CLI to say (:mod:`flemme_core.overrides`).
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": copy.deepcopy(self.model), "data": copy.deepcopy(self.data),
@@ -210,14 +247,22 @@ def load_run_config(path: str | Path | None, overrides: Mapping[str, Any] | None
     model = data.get("model")
     if isinstance(model, dict) and isinstance(model.get("encoder"), str):
         model["encoder"] = {"name": model["encoder"]}  # so that encoder.* overrides can be applied
+    from ..overrides import apply_override
+
+    notes: list[str] = []
+    changed = set()
     for key, value in (overrides or {}).items():
         if value is not None:
-            set_dotted(data, key, value)
+            apply_override(data, key, value, notes, model_prefix="model.")
+            changed.add(key)
     for item in sets:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value (e.g. train.lr=3e-4), got {item!r}")
         key, value = (s.strip() for s in item.split("=", 1))
         if key.split(".")[0] not in TOP_KEYS:
             key = f"model.{key}"
-        set_dotted(data, key, parse_set_value(value))
-    return run_config_from_dict(data, name=name)
+        apply_override(data, key, parse_set_value(value), notes, model_prefix="model.")
+        changed.add(key)
+    run = run_config_from_dict(data, name=name)
+    run.steps_from_cli, run.notes = "train.steps" in changed, notes
+    return run

@@ -171,8 +171,8 @@ def prepare_run_dir(run_dir: Path, resolved: dict[str, Any], resume: bool, overw
             return False
         R.clear_run_files(run_dir)
         has_run = False
-    if has_run and not resume:
-        raise ConfigError(f"output folder {str(run_dir)!r} already holds a run; pass --resume to continue it, "
+    if has_run and not resume and not config_path.exists():
+        raise ConfigError(f"output folder {str(run_dir)!r} already holds a run whose config.yaml is missing; "
                           "--overwrite to replace it, or --output to write elsewhere")
     if has_run and config_path.exists():
         try:
@@ -181,9 +181,12 @@ def prepare_run_dir(run_dir: Path, resolved: dict[str, Any], resume: bool, overw
             raise ConfigError(f"{str(config_path)!r} is corrupt ({str(exc).splitlines()[0]}); use --overwrite "
                               "to start the run again") from None
         diff = _differences(previous, resolved)
-        if diff:
+        if diff:  # never suggest --resume: it would continue a different model
             raise ConfigError(f"output folder {str(run_dir)!r} holds a different run ({', '.join(diff[:3])} "
                               "changed); use another --output, or --overwrite to replace it")
+        if not resume:
+            raise ConfigError(f"output folder {str(run_dir)!r} already holds a run of this config; pass --resume to "
+                              "continue it, --overwrite to replace it, or --output to write elsewhere")
     if apply:
         run_dir.mkdir(parents=True, exist_ok=True)
         R.clean_stale_tmp(run_dir)

@@ -12,6 +12,7 @@ so a run killed at any instant and resumed ends with the weights of an uninterru
 from __future__ import annotations
 
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from torch import nn
 
 from ..errors import ConfigError, FlemmeError, unknown_name_message
 from . import setup as S
-from .config import RunConfig
+from .config import RunConfig, plan_stage_steps
 from .distributed import DistContext, all_reduce_sum, any_flag, barrier, init_distributed, shutdown
 from .evaluation import EvalSettings, autocast, evaluate
 from .logs import MetricsLog, Progress, tensorboard_writer
@@ -171,11 +172,20 @@ class Trainer:
             if name not in names:
                 raise ConfigError(unknown_name_message(f"stage in train.stages for {self.model.config.arch}:",
                                                        name, names))
+        total = self.cfg.steps if getattr(self.run, "steps_from_cli", False) else None
+        counts, note = plan_stage_steps(self.cfg, names, total)
+        if note and not self.quiet:
+            print(f"note: {note}", file=sys.stderr, flush=True)
         plan, start = [], 0
-        for name in names:
-            settings = self.cfg.stage_settings(name)
-            plan.append({**settings, "name": name, "start": start, "end": start + settings["steps"]})
-            start += settings["steps"]
+        for name, steps in zip(names, counts):
+            settings = {**self.cfg.stage_settings(name), "steps": steps}
+            plan.append({**settings, "name": name, "start": start, "end": start + steps})
+            start += steps
+        if len(names) > 1:  # config.yaml states every stage's steps and their total: what actually runs
+            stages = self.resolved["train"].setdefault("stages", {})
+            for name, steps in zip(names, counts):
+                stages[name] = {**stages.get(name, {}), "steps": steps}
+            self.resolved["train"]["steps"] = start
         return plan
 
     def _global_batch(self) -> int:
