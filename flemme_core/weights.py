@@ -219,3 +219,18 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors" or is_safetensors(path):
         return read_safetensors(path)[0]
     return read_torch_weights(path)
+
+
+def adapt_input_weight(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """A pretrained first convolution's RGB weight for ``in_channels`` inputs (smp's and timm's
+    rule): summed over RGB for 1 channel, kept for 3, else cycled and scaled by 3 / C, so a grey
+    image repeated C times gives what the RGB network gives on it repeated 3 times."""
+    if weight.shape[1] == in_channels:
+        return weight
+    if weight.shape[1] != 3:
+        raise CheckpointError(f"the first convolution takes {weight.shape[1]} channels; only RGB weights are adapted "
+                              f"to {in_channels} input channels")
+    if in_channels == 1:
+        return weight.sum(dim=1, keepdim=True)
+    idx = [i % 3 for i in range(in_channels)]
+    return weight[:, idx] * (3 / in_channels)

@@ -169,8 +169,10 @@ def test_3d_and_context_are_one_line_refusals():
     from flemme_core.config import model_config_from_dict
 
     cfg = model_config_from_dict({"arch": "unet", "image_size": 32, "encoder": TINY})
-    with pytest.raises(ConfigError, match="cannot inject a context vector"):
+    with pytest.raises(ConfigError, match="'pidinet' cannot inject one into its blocks"):
         _encoder_builder(cfg)(context_dim=8)
+    with pytest.raises(ConfigError, match="no stochastic depth"):
+        build_model({"arch": "unet", "image_size": 32, "encoder": {**TINY, "drop_path": 0.1}})
 
 
 def test_checkpoint_round_trip_without_the_weights_file(tmp_path):

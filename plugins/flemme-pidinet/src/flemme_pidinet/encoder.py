@@ -40,14 +40,13 @@ from .options import NORMALIZE, VARIANTS, PiDiNetOptions, layer_ops
 class PiDiNetEncoder(Encoder):
     """See the module docstring."""
 
+    supports_context = False  # the published layout has no place for a context injection
+
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
         if cfg.dims != 2:
             raise ConfigError(f"encoder 'pidinet' is 2D only (pixel differences on 3×3 image neighbourhoods), "
                               f"got dims {cfg.dims}; use a 2D image_size or a 3D family such as cnn")
-        if cfg.context_dim is not None:
-            raise ConfigError("encoder 'pidinet' cannot inject a context vector into its blocks (the published "
-                              "PiDiNet layout has no place for it); use a family that can (cnn, vit, swin, mamba)")
         opts = parse_options(PiDiNetOptions, cfg.options, "model.encoder (pidinet options)")
         width = VARIANTS[opts.variant][0]
         widths = list(cfg.channels or [width, 2 * width, 4 * width, 4 * width])

@@ -2,7 +2,7 @@
 
 A decoder stage is a sequence of PiDiNet residual blocks (depthwise pixel-difference conv ->
 ReLU -> 1×1 conv, plus the input), cycling through the configuration's ops, each optionally
-followed by the family's norm and the context injection; down-sampling is PiDiNet's max-pool
+followed by the family's norm, dropout and the context injection (its ``act`` replaces ReLU); down-sampling is PiDiNet's max-pool
 with a 1×1 projection, up-sampling a transposed convolution. 2D only.
 """
 
@@ -16,22 +16,27 @@ from torch import nn
 
 from flemme_core import layers
 from flemme_core.encoder import BlockFamily, ContextInjection, ContextSequential
+from flemme_core.errors import ConfigError
 
 from .network import PDCBlock
 from .options import PiDiNetOptions, decoder_ops
 
 
 class DecoderBlock(nn.Module):
-    """A PiDiNet residual block, then [norm], then [context injection]."""
+    """A PiDiNet residual block (its ReLU replaced by the family's ``act``), then [norm],
+    [dropout], [context injection]."""
 
-    def __init__(self, op: str, in_channels: int, out_channels: int, norm: str, context_dim: int | None):
+    def __init__(self, op: str, in_channels: int, out_channels: int, norm: str, act: str, dropout: float,
+                 context_dim: int | None):
         super().__init__()
         self.block = PDCBlock(op, in_channels, out_channels)
+        self.block.relu2 = layers.act(act)
         self.norm = layers.norm(norm, 2, out_channels)
+        self.drop = nn.Dropout(dropout) if dropout else nn.Identity()
         self.context = ContextInjection(context_dim, out_channels) if context_dim else None
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.norm(self.block(x))
+        x = self.drop(self.norm(self.block(x)))
         return x if self.context is None else self.context(x, context)
 
 
@@ -42,6 +47,12 @@ class PiDiNetFamily(BlockFamily):
     Options = PiDiNetOptions
     defaults: ClassVar[dict[str, Any]] = {"patch_size": 1, "norm": "none", "act": "relu"}
 
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        if cfg.drop_path:
+            raise ConfigError("model.encoder.drop_path: pidinet blocks have no stochastic depth; remove it "
+                              "(dropout applies to the decoder blocks)")
+
     def stem(self, in_channels: int, out_channels: int, patch_size: int) -> nn.Module | None:
         return None
 
@@ -50,7 +61,7 @@ class PiDiNetFamily(BlockFamily):
         ops = decoder_ops(self.options.pdcs)
         return ContextSequential(*[
             DecoderBlock(ops[i % len(ops)], in_channels if i == 0 else out_channels, out_channels,
-                         self.cfg.norm, self.cfg.context_dim)
+                         self.cfg.norm, self.cfg.act, self.cfg.dropout, self.cfg.context_dim)
             for i in range(num_blocks)])
 
     def down(self, in_channels: int, out_channels: int, factor: int = 2) -> nn.Module:
