@@ -94,13 +94,17 @@ def shadowed_commands() -> list[str]:
 def list_components(kind: str | None, pattern: str, as_json: bool) -> None:
     """List registered components: encoders, architectures, losses, fusions, datasets.
 
-    KIND filters by kind; PATTERN is a wildcard on names, e.g. `flemme list encoders 'sw*'`.
+    KIND filters by kind; PATTERN is a wildcard on names, e.g. `flemme list encoders 'sw*'`;
+    a pattern alone matches names of every kind (`flemme list 'sw*'`).
     """
     import fnmatch
 
     from .registry import KINDS, get_registry, kind_from_plural
 
     registry = get_registry()
+    if kind and pattern == "*" and (any(ch in kind for ch in "*?[") or
+                                    any(kind in registry.components(k) for k in KINDS)):
+        kind, pattern = None, kind  # `flemme list 'sw*'`: a name pattern across every kind
     kinds = [kind_from_plural(kind)] if kind else list(KINDS)
     rows = [c for k in kinds for c in registry.components(k).values() if fnmatch.fnmatch(c.name, pattern)]
     problems = registry.problems() + shadowed_commands()
@@ -146,7 +150,7 @@ def list_plugins(requirements: bool) -> None:
         click.echo(f"{rec.provider.name:<20} {rec.provider.version:<10} ok      {where}")
     for rec in failed:
         click.echo(f"{rec.provider.name:<20} {rec.provider.version:<10} FAILED  {rec.error}")
-    for line in [c.message() for c in registry.conflicts] + shadowed_commands():
+    for line in [c.message() for c in registry.conflicts] + registry.unmatched + shadowed_commands():
         click.secho(f"problem: {line}", fg="yellow", err=True)
 
 

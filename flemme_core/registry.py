@@ -140,6 +140,8 @@ class Registry:
     def _add_plugin(self, obj: Any, provider: Provider) -> None:
         #: installed plugins not loaded, with why (FLEMME_DISABLE_PLUGINS, autoload off).
         self.disabled: list[tuple[Provider, str]] = []
+        #: environment-variable entries that named nothing installed (FLEMME_PLUGINS=typo).
+        self.unmatched: list[str] = []
         name = f"{provider.name}:{provider.entry_point or getattr(obj, '__name__', id(obj))}"
         if self.pm.is_registered(obj):
             return
@@ -179,6 +181,12 @@ class Registry:
                     self.failures.append(PluginRecord(provider, ep.value, _one_line(exc)))
                     continue
                 self._add_plugin(obj, provider)
+        for pattern in wanted:  # a FLEMME_PLUGINS entry that matches no installed plugin is said, not ignored
+            if not any(_matches([pattern], ep, dist) for dist, ep in seen):
+                names = sorted({ep for _, ep in seen} | {dist for dist, _ in seen})
+                self.unmatched.append(unknown_name_message("FLEMME_PLUGINS entry", pattern, names,
+                                                           "it matches no installed plugin (entry point or "
+                                                           "distribution name)"))
 
     def _load_env_modules(self) -> None:
         for module_name in _env_list("FLEMME_PLUGIN_MODULES"):
@@ -262,6 +270,12 @@ class Registry:
             failed = [f.provider.name for f in self.failures]
             if failed:
                 hint += f"; plugins that failed to load: {', '.join(sorted(set(failed)))}"
+            skipped = sorted({p.name for p, why in self.disabled if "AUTOLOAD" in why})
+            if skipped:
+                hint += ("; plugin autoload is off (FLEMME_DISABLE_PLUGIN_AUTOLOAD is set), so installed plugins "
+                         f"were not loaded ({', '.join(skipped)}): name them in FLEMME_PLUGINS")
+            for line in self.unmatched:
+                hint += f"; {line}"
             raise PluginError(unknown_name_message(kind, name, comps, hint))
         return comps[name]
 
@@ -278,6 +292,7 @@ class Registry:
         self._ensure_loaded()
         lines = [f"plugin {f.provider} ({f.module}) failed: {f.error}" for f in self.failures]
         lines += [c.message() for c in self.conflicts]
+        lines += self.unmatched
         return lines
 
     def provider_of(self, kind: str, name: str) -> Provider | None:

@@ -126,3 +126,33 @@ def test_a_folder_holding_a_different_model_never_suggests_resume(tmp_path):
     assert other.exit_code != 0 and "different run" in other.output and "--resume" not in other.output
     same = CliRunner().invoke(main, ["train", str(path), "-o", out, "-q"])
     assert same.exit_code != 0 and "--resume" in same.output
+
+
+def _flemme_env(*args: str, **env: str):
+    import os
+    import subprocess
+    import sys
+
+    full = {k: v for k, v in os.environ.items() if not k.startswith("FLEMME_")}
+    full.update(env)
+    return subprocess.run([sys.executable, "-m", "flemme_core", *args], capture_output=True, text=True, env=full,
+                          timeout=120)
+
+
+def test_flemme_plugins_naming_nothing_is_reported_and_autoload_off_is_hinted():
+    typo = _flemme_env("plugins", FLEMME_PLUGINS="cnnn")
+    assert "unknown FLEMME_PLUGINS entry 'cnnn'; did you mean 'cnn'" in typo.stderr
+    off = _flemme_env("build", "--encoder", "cnn", FLEMME_DISABLE_PLUGIN_AUTOLOAD="1")
+    assert off.returncode != 0 and "autoload is off" in off.stderr and "FLEMME_PLUGINS" in off.stderr
+    assert len(off.stderr.strip().splitlines()) == 1
+
+
+def test_list_with_a_pattern_alone_matches_names_of_every_kind():
+    result = CliRunner().invoke(main, ["list", "sw*", "--json"])
+    assert result.exit_code == 0, result.output
+    names = {(c["kind"], c["name"]) for c in json.loads(result.output)["components"]}
+    assert ("encoder", "swin") in names and all(n.startswith("sw") for _, n in names)
+    exact = CliRunner().invoke(main, ["list", "unet", "--json"])
+    assert {c["name"] for c in json.loads(exact.output)["components"]} == {"unet"}
+    typo = CliRunner().invoke(main, ["list", "encoderz"])
+    assert typo.exit_code != 0 and "did you mean 'encoders'" in typo.output
