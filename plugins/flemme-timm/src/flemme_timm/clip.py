@@ -7,8 +7,8 @@ Weights: a Hugging Face folder as published (``config.json`` of a ``clip`` or
 ``clip_vision_model``; ``model.safetensors`` or ``pytorch_model.bin``, sharded or not;
 ``preprocessor_config.json`` for the normalisation if present), read locally only: the
 config by hand, safetensors as is, ``.bin`` through ``torch.load(weights_only=True)``. The
-vision tower's keys (``vision_model.*``) must all be filled and none left over (the text
-tower's keys, and ``position_ids`` that old transformers saved, are not the encoder's).
+vision tower's keys (``vision_model.*`` in the files) must all be filled and none left over
+(the text tower's keys, and ``position_ids`` that old transformers saved, are not the encoder's).
 For an input size other than the config's ``image_size`` (224), the position table is
 interpolated (bicubic) by transformers' ``interpolate_pos_encoding``, as MMFD does for PLIP.
 """
@@ -30,7 +30,7 @@ from flemme_core.weights import read_weights
 from .pretrained import PretrainedEncoder, PretrainedOptions, adapt_input_weight, check_loaded
 
 OPENAI_MEAN, OPENAI_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
-PATCH_KEY = "vision_model.embeddings.patch_embedding.weight"
+PATCH_KEY = "embeddings.patch_embedding.weight"
 
 
 @dataclasses.dataclass
@@ -75,12 +75,15 @@ def weight_files(folder: Path) -> list[Path]:
                           f"CLIP folder (nothing is downloaded)")
 
 
-def vision_state(state: dict[str, torch.Tensor], ignore: list[str]) -> dict[str, torch.Tensor]:
-    """The vision tower's keys (a vision-only dict saved without prefix gets it back)."""
-    if not any(k.startswith("vision_model.") for k in state) and "embeddings.patch_embedding.weight" in state:
-        state = {f"vision_model.{k}": v for k, v in state.items()}
-    return {k: v for k, v in state.items()
-            if k.startswith("vision_model.") and not any(re.search(p, k) for p in ignore)}
+def vision_state(state: dict[str, torch.Tensor], ignore: list[str], prefixed: bool) -> dict[str, torch.Tensor]:
+    """The vision tower's keys named as the module names them: files (a CLIPModel's or a
+    CLIPVisionModel's) prefix them ``vision_model.``; transformers 5's CLIPVisionModel does not."""
+    if any(k.startswith("vision_model.") for k in state):
+        state = {k[len("vision_model."):]: v for k, v in state.items() if k.startswith("vision_model.")}
+    state = {k: v for k, v in state.items() if not any(re.search(p, k) for p in ignore)}
+    if PATCH_KEY not in state:  # not a vision tower: keep the keys as they are for the report
+        return state
+    return {f"vision_model.{k}" if prefixed else k: v for k, v in state.items()}
 
 
 class ClipEncoder(PretrainedEncoder):
@@ -111,9 +114,11 @@ class ClipEncoder(PretrainedEncoder):
             merged: dict[str, torch.Tensor] = {}
             for file in weight_files(Path(opts.weights)):
                 merged.update(read_weights(file))
-            state = vision_state(merged, ignore)
-            if PATCH_KEY in state:
-                state[PATCH_KEY] = adapt_input_weight(state[PATCH_KEY], cfg.in_channels)
+            prefixed = any(k.startswith("vision_model.") for k in model.state_dict())
+            state = vision_state(merged, ignore, prefixed)
+            patch_key = f"vision_model.{PATCH_KEY}" if prefixed else PATCH_KEY
+            if patch_key in state:
+                state[patch_key] = adapt_input_weight(state[patch_key], cfg.in_channels)
             check_loaded(model, state, f"{opts.weights!r} as a CLIP vision tower",
                          "give a CLIP/PLIP Hugging Face folder whose config.json matches its weights")
         self.mean_std = (list(preprocessor.get("image_mean") or OPENAI_MEAN), list(preprocessor.get("image_std") or OPENAI_STD))
