@@ -42,6 +42,8 @@ def register_commands(register) -> None:
              "fair encoder studies: encoders x architectures x datasets x seeds, one run folder per cell, report")
     register("convert", "flemme_core.commands.convert:convert",
              "a published .pth/.bin weights file (torch.load weights_only) -> safetensors, atomically")
+    register("export", "flemme_core.commands.export:export",
+             "a checkpoint -> ONNX / torch.export .pt2 / TorchScript, dynamic axes, verified against eager")
 
 
 @hookimpl

@@ -15,7 +15,8 @@ writes only :meth:`TokenFamily.block` (its mixer and block); ``vit``, ``swin`` a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -93,6 +94,18 @@ class PatchStem(nn.Module):
             nn.init.trunc_normal_(self.pos, std=0.02)
         self.mode = "bilinear" if dims == 2 else "trilinear"
 
+    resize_always = False  # set by export_mode: the traced graph interpolates at every size
+
+    @contextlib.contextmanager
+    def export_mode(self, fmt: str) -> Iterator[None]:
+        """flemme_core.export's hook: trace the position-grid interpolation even at the grid's
+        own size (where it is the identity), so the exported graph serves every input size."""
+        self.resize_always = self.pos is not None
+        try:
+            yield None
+        finally:
+            self.resize_always = False
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pads = [(-s) % self.patch for s in x.shape[2:]]
         if any(pads):
@@ -100,7 +113,7 @@ class PatchStem(nn.Module):
         t = self.norm(to_tokens(self.proj(x)))
         if self.pos is not None:
             pos = self.pos
-            if tuple(pos.shape[2:]) != tuple(t.shape[1:-1]):
+            if self.resize_always or tuple(pos.shape[2:]) != tuple(t.shape[1:-1]):
                 pos = F.interpolate(pos, size=t.shape[1:-1], mode=self.mode, align_corners=False)
             t = t + to_tokens(pos)
         return to_channels_first(t)

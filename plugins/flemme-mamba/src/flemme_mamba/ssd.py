@@ -43,16 +43,18 @@ def segment_sums(a: torch.Tensor) -> torch.Tensor:
 
 
 def ssd_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-             D: torch.Tensor | None = None, chunk: int = 64) -> torch.Tensor:
+             D: torch.Tensor | None = None, chunk: int = 64, export: bool = False) -> torch.Tensor:
     """The SSD scan over ``L`` steps, heads grouped over shared B/C.
 
     Shapes: ``x (b, g, m, L, p)`` (g groups of m heads with p channels), ``dt (b, g, m, L)``
     (already positive), ``A (g, m)`` (negative), ``B, C (b, g, L, n)``, ``D (g, m)``.
-    Returns ``y (b, g, m, L, p)``. ``L`` need not be a multiple of ``chunk``.
+    Returns ``y (b, g, m, L, p)``. ``L`` need not be a multiple of ``chunk``. ``export``:
+    the chain over chunks as a torch ``scan`` operator and padding unconditional, so that an
+    exported graph keeps ``L`` dynamic (a Python loop would be unrolled at the traced length).
     """
     b, g, m, length, p = x.shape
     pad = (-length) % chunk
-    if pad:  # Δ = 0 at the end: no decay, no input; earlier outputs are causal, so unchanged
+    if pad or export:  # Δ = 0 at the end: no decay, no input; earlier outputs are causal, so unchanged
         x, dt = F.pad(x, (0, 0, 0, pad)), F.pad(dt, (0, pad))
         B, C = F.pad(B, (0, 0, 0, pad)), F.pad(C, (0, 0, 0, pad))
     c = (length + pad) // chunk
@@ -67,17 +69,33 @@ def ssd_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor
     to_end = (a_cum[..., -1:] - a_cum).exp()                           # decay from step s to chunk end
     states = (xd * to_end[..., None]).transpose(-1, -2) @ Bc           # (b, g, m, c, p, n)
     chunk_decay = a_cum[..., -1].exp()                                 # (b, g, m, c)
-    h = torch.zeros_like(states[:, :, :, 0])
-    carried = []
-    for i in range(c):
-        carried.append(h)
-        h = chunk_decay[..., i, None, None] * h + states[:, :, :, i]
-    carried_in = torch.stack(carried, dim=3)                           # state entering each chunk
+    if export:
+        carried_in = _chain_export(chunk_decay, states)
+    else:
+        h = torch.zeros_like(states[:, :, :, 0])
+        carried = []
+        for i in range(c):
+            carried.append(h)
+            h = chunk_decay[..., i, None, None] * h + states[:, :, :, i]
+        carried_in = torch.stack(carried, dim=3)                       # state entering each chunk
     y = y + (Cc @ carried_in.transpose(-1, -2)) * a_cum.exp()[..., None]
     y = y.reshape(b, g, m, c * chunk, p)[:, :, :, :length]
     if D is not None:
         y = y + x[:, :, :, :length] * D[None, :, :, None, None]
     return y
+
+
+def _chain_export(chunk_decay: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+    """The loop over chunks of :func:`ssd_scan` as torch's ``scan`` operator (exportable)."""
+    from torch._higher_order_ops.scan import scan
+
+    def step(h, ds):
+        decay, state = ds
+        return decay[..., None, None] * h + state, h.clone()
+
+    _, carried = scan(step, torch.zeros_like(states[:, :, :, 0]),
+                      (chunk_decay.movedim(3, 0).contiguous(), states.movedim(3, 0).contiguous()))
+    return carried.movedim(0, 3)
 
 
 def a_log_init_mamba2(heads: int, low: float = 1.0, high: float = 16.0) -> torch.Tensor:
@@ -93,6 +111,8 @@ class SSDMixerND(DirectionalMixer):
     shared (B, C) and a Δ per head, and the scan has a scalar decay per head.
     Parameters: ``x_proj_weight (K, 2N + H, inner)``, ``dt_bias``, ``A_log``, ``D`` (K·H each).
     """
+
+    export_note = "mamba-2 SSD scan: the loop over chunks exported as a torch scan operator (same math)"
 
     def __init__(self, dims: int, width: int, *, d_state: int = 16, expand: float = 2.0, head_dim: int = 16,
                  d_conv: int = 3, scan: str = "cross+flip", chunk: int = 64, dropout: float = 0.0):
@@ -116,7 +136,7 @@ class SSDMixerND(DirectionalMixer):
         heads = xs.reshape(b, k, self.heads, self.head_dim, length).transpose(-1, -2)  # (B, K, H, L, P)
         y = ssd_scan(heads.float(), dt, -self.A_log.float().exp().view(k, self.heads),
                      Bs.transpose(-1, -2).float(), Cs.transpose(-1, -2).float(),
-                     self.D.float().view(k, self.heads), chunk=self.chunk)
+                     self.D.float().view(k, self.heads), chunk=self.chunk, export=self.exporting)
         return y.transpose(-1, -2).reshape(b, k, self.inner, length)
 
 

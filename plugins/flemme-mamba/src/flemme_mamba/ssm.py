@@ -12,7 +12,9 @@ backend (mamba-ssm CUDA, the C++ CPU kernel, the PyTorch scan): ``x_proj_weight`
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +53,28 @@ class DirectionalMixer(nn.Module):
         self.out_proj = nn.Linear(self.inner, width, bias=False)
         self.dropout = nn.Dropout(dropout)
 
+    #: what ``export_mode`` says it switched to (None: nothing to switch, e.g. ``mixer: identity``)
+    export_note: str | None = None
+    exporting = False
+
+    @contextlib.contextmanager
+    def export_mode(self, fmt: str) -> Iterator[str | None]:
+        """flemme_core.export's hook: run the scan as torch ``scan`` operators (same math;
+        the C++ / mamba-ssm kernels cannot be traced, Python loops would fix the length)."""
+        if self.export_note is None:
+            yield None
+            return
+        if fmt == "torchscript":
+            from flemme_core.export.modes import NotExportable
+
+            raise NotExportable(f"the mamba {type(self).__name__} scan", "TorchScript tracing unrolls the scan at the "
+                                "traced length and has no scan operator; use --format onnx or torch-export")
+        self.exporting = True
+        try:
+            yield self.export_note
+        finally:
+            self.exporting = False
+
     def scan(self, xs: torch.Tensor) -> torch.Tensor:
         """``(B, K, inner, L)`` direction sequences -> scanned sequences of the same shape."""
         raise NotImplementedError
@@ -72,6 +96,9 @@ class DirectionalMixer(nn.Module):
 class SelectiveScanND(DirectionalMixer):
     """SS2D / SS3D on channels-last tokens ``(B, *S, width)``."""
 
+    export_note = ("mamba selective scan: exported as the pure-PyTorch chunked scan (same math, torch scan "
+                   "operators) instead of the C++ / mamba-ssm kernel, which cannot be exported")
+
     def __init__(self, dims: int, width: int, *, d_state: int = 16, expand: float = 2.0,
                  dt_rank: int | None = None, d_conv: int = 3, scan: str = "cross+flip",
                  dropout: float = 0.0, backend: str = "auto"):
@@ -92,10 +119,15 @@ class SelectiveScanND(DirectionalMixer):
         x_dbl = torch.matmul(self.x_proj_weight, xs)                 # (B, K, R + 2N, L)
         dts, Bs, Cs = x_dbl.split([self.rank, self.d_state, self.d_state], dim=2)
         dts = torch.matmul(self.dt_projs_weight, dts)                # (B, K, inner, L)
-        y = selective_scan(
-            xs.reshape(b, k * self.inner, length), dts.reshape(b, k * self.inner, length),
-            -torch.exp(self.A_log.float()), Bs, Cs, self.D.float(),
-            delta_bias=self.dt_projs_bias.reshape(-1).float(), delta_softplus=True, backend=self.backend)
+        args = (xs.reshape(b, k * self.inner, length), dts.reshape(b, k * self.inner, length),
+                -torch.exp(self.A_log.float()), Bs, Cs, self.D.float())
+        kwargs = {"delta_bias": self.dt_projs_bias.reshape(-1).float(), "delta_softplus": True}
+        if self.exporting:
+            from .scan.export_scan import selective_scan_export
+
+            y = selective_scan_export(*args, **kwargs)
+        else:
+            y = selective_scan(*args, **kwargs, backend=self.backend)
         return y.reshape(b, k, self.inner, length)
 
 

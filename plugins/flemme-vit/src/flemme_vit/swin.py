@@ -14,9 +14,10 @@ Two things are ours:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -133,6 +134,23 @@ class SwinBlock(nn.Module):
         self.mlp = mlp(width, mlp_ratio, dropout, act)
         self.context = ContextInjection(context_dim, width, channel_axis=-1) if context_dim else None
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    @contextlib.contextmanager
+    def export_mode(self, fmt: str) -> Iterator[str | None]:
+        """flemme_core.export's hook: explicit softmax attention instead of SDPA (same math);
+        the ONNX exporter's decomposition of SDPA with a dynamic batch fails."""
+        flash = getattr(self.attn, "use_flash_attention", False)
+        if flash:
+            self.attn.use_flash_attention = False
+        for cached in (window_layout, window_mask):  # never keep layouts built from the tracer's fake tensors
+            cached.cache_clear()
+        try:
+            yield "swin window attention: exported as explicit softmax attention (same math as SDPA)" if flash else None
+        finally:
+            if flash:
+                self.attn.use_flash_attention = True
+            for cached in (window_layout, window_mask):
+                cached.cache_clear()
 
     def shift_for(self, size: Sequence[int]) -> tuple[int, ...]:
         """No shift along axes that one window already covers (shifting would only cut it)."""

@@ -1,0 +1,43 @@
+"""How a module takes part in an export without the core naming it.
+
+A module (any ``nn.Module`` inside a model: a mixer, a block, an architecture) may define
+
+    def export_mode(self, format: str) -> ContextManager[str | None]
+
+Entering the context switches the module to a path the exporters can trace (for example
+a pure-PyTorch form of a C++ kernel, or loops written as ``torch`` scan operators so that
+the sequence length stays dynamic) and yields a one-line note saying what it did, or None.
+Leaving it restores the module. A module for which ``format`` has no exportable path
+raises :class:`NotExportable` naming itself and the reason. Every instance is switched;
+identical notes are kept once, so a model with a hundred mixers of one kind prints one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from ..errors import FlemmeError
+
+
+class NotExportable(FlemmeError):
+    """A component has no path to the requested format: ``component: reason``."""
+
+    def __init__(self, component: str, reason: str):
+        super().__init__(f"{component} cannot be exported: {reason}")
+        self.component, self.reason = component, reason
+
+
+@contextlib.contextmanager
+def export_mode(model, fmt: str) -> Iterator[list[str]]:
+    """Put every module of ``model`` that implements ``export_mode`` into it; yields the notes."""
+    notes: list[str] = []
+    with contextlib.ExitStack() as stack:
+        for module in model.modules():
+            hook = getattr(module, "export_mode", None)
+            if not callable(hook):
+                continue
+            note = stack.enter_context(hook(fmt))
+            if note and note not in notes:
+                notes.append(note)
+        yield notes
