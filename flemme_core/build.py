@@ -55,12 +55,23 @@ def default_encoder_name(announce: bool = True) -> str:
 
 def build_encoder(config: EncoderConfig) -> Encoder:
     """Build any registered encoder family from a complete :class:`EncoderConfig`."""
-    factory = get_registry().get("encoder", config.name).load()
-    encoder = factory(config)
+    component = get_registry().get("encoder", config.name)
+    encoder = _call_factory(component, config)
     if not isinstance(encoder, Encoder):
-        raise PluginError(f"encoder family {config.name!r} returned {type(encoder).__name__}, "
-                          f"not a flemme_core.encoder.Encoder; fix the plugin's factory")
+        raise PluginError(f"encoder family {config.name!r} from {component.provider} returned "
+                          f"{type(encoder).__name__}, not a flemme_core.encoder.Encoder; the factory of "
+                          f"{component.provider.name} is broken: upgrade it or report it to its authors")
     return encoder
+
+
+def _call_factory(component: Any, *args: Any) -> Any:
+    """Call a plugin's factory; a ``sys.exit`` inside it is a one-line error naming the distribution."""
+    try:
+        return component.load()(*args)
+    except SystemExit as exc:
+        raise PluginError(f"{component.kind} {component.name!r} from {component.provider} called sys.exit"
+                          f"({exc.code!r}) while building; the plugin {component.provider.name} is broken: "
+                          "upgrade it or report it to its authors") from None
 
 
 def _encoder_builder(model: ModelConfig):

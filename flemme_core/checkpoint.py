@@ -31,19 +31,26 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     The temporary file is created 0600 by ``mkstemp``; it is given the mode an ordinary
     ``open()`` would (0666 minus the umask) so collaborators can read a run folder.
     """
+    from .diskio import as_output_error
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    kept = f"the previous {path.name} is unchanged" if path.exists() else f"{path.name} was not written"
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         os.chmod(tmp, 0o666 & ~_umask())
         write(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as exc:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        error = as_output_error(exc, path, kept)  # full disk, read-only, no permission: one line
+        if error is not None:
+            raise error from None
         raise
     return path
 
@@ -53,6 +60,7 @@ def save_model(model, path: str | Path, extra: Mapping[str, Any] | None = None) 
     from safetensors.torch import save_model as st_save_model
 
     from .build import components_of, count_parameters, versions_of
+    from .provenance import provenance_of
 
     metadata = {
         "format": FORMAT,
@@ -66,6 +74,7 @@ def save_model(model, path: str | Path, extra: Mapping[str, Any] | None = None) 
         "flemme.parameters": str(count_parameters(model)[0]),
         "flemme.extra": json.dumps(dict(extra or {}), sort_keys=True, default=str),
     }
+        "flemme.provenance": json.dumps(provenance_of(versions_of(model)), sort_keys=True),  # where plugins came from
     return atomic_write(path, lambda tmp: st_save_model(model, tmp, metadata=metadata))
 
 
@@ -88,33 +97,36 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     if raw.get("format") != FORMAT or "flemme.config" not in raw:
         raise CheckpointError(f"{str(path)!r} is a safetensors file but not a flemme model checkpoint "
                               f"(no flemme config in its metadata); save it with flemme_core.save_model")
-    try:
-        meta = {
-            "config": json.loads(raw["flemme.config"]),
-            "encoder_resolved": json.loads(raw.get("flemme.encoder_resolved", "{}")),
-            "versions": json.loads(raw.get("flemme.versions", "{}")),
-            "components": json.loads(raw.get("flemme.components", "{}")),
-            "parameters": int(raw.get("flemme.parameters", "0")),
-            "extra": json.loads(raw.get("flemme.extra", "{}")),
-        }
-    except (ValueError, TypeError) as exc:
-        raise CheckpointError(f"{str(path)!r} has corrupt flemme metadata ({exc})") from None
+    from .checkpoint_meta import decode_metadata
+
+    meta = decode_metadata(raw, path)  # bounded JSON, every field's type checked: one line per problem
     meta["tensors"] = num_tensors
     meta["file_bytes"] = path.stat().st_size
     return meta
 
 
-def _check_plugins(meta: Mapping[str, Any], path: Path) -> None:
-    from .errors import CheckpointError
+def missing_plugins(meta: Mapping[str, Any], path: str | Path) -> list[str]:
+    """One line per component the checkpoint needs that is not available here, saying why
+    (disabled, failing, wrong version, not installed) and what to install (never a name
+    from the file presented as verified)."""
+    from .provenance import missing_component_message
     from .registry import get_registry
 
     registry = get_registry()
     for key, provider in meta["components"].items():
+    lines = []
         kind, _, name = key.partition(":")
         if name not in registry.components(kind):
-            dist = provider.split(" ")[0]
-            raise CheckpointError(f"{str(path)!r} needs {kind} {name!r} from {provider}, which is not installed; "
-                                  f"run: pip install {dist}")
+            lines.append(missing_component_message(str(path), kind, name, provider, meta))
+    return lines
+
+
+def _check_plugins(meta: Mapping[str, Any], path: Path) -> None:
+    from .errors import CheckpointError
+
+    missing = missing_plugins(meta, path)
+    if missing:
+        raise CheckpointError(missing[0])
 
 
 def load_model(path: str | Path, map_location: str = "cpu"):
@@ -128,6 +140,9 @@ def load_model(path: str | Path, map_location: str = "cpu"):
     meta = read_metadata(path)
     _check_plugins(meta, path)
     model = build_model(meta["config"])
+    from .checkpoint_meta import check_shapes
+
+    check_shapes(path, meta)  # on the meta device: a config that does not fit the tensors allocates nothing
     try:
         missing, unexpected = st_load_model(model, str(path), strict=False, device=map_location)
     except Exception as exc:  # noqa: BLE001

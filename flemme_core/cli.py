@@ -30,6 +30,14 @@ class FlemmeGroup(click.Group):
         except FlemmeError as exc:
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except OSError as exc:  # a write that failed outside an atomic write: full disk, read-only, ...
+            from .diskio import as_output_error
+
+            error = as_output_error(exc)
+            if error is None:
+                raise
+            click.echo(f"Error: {error}", err=True)
+            ctx.exit(error.exit_code)
 
     @staticmethod
     def _registered() -> dict[str, Any]:
@@ -145,11 +153,10 @@ def list_plugins(requirements: bool) -> None:
             seen.add(rec.provider.name)
             click.echo(f"{rec.provider.name}=={rec.provider.version}")
         return
-    for rec in loaded:
+    for rec, status in registry.plugin_status():  # one row per plugin: a half-failed one is FAILED
         where = "built in" if rec.provider.entry_point == "builtin" else rec.module
-        click.echo(f"{rec.provider.name:<20} {rec.provider.version:<10} ok      {where}")
-    for rec in failed:
-        click.echo(f"{rec.provider.name:<20} {rec.provider.version:<10} FAILED  {rec.error}")
+        click.echo(f"{rec.provider.name:<20} {rec.provider.version:<10} {status:<7} "
+                   + (rec.error if status == "FAILED" else where))
     for line in [c.message() for c in registry.conflicts] + registry.unmatched + shadowed_commands():
         click.secho(f"problem: {line}", fg="yellow", err=True)
 
@@ -168,15 +175,14 @@ def model_dict_from_cli(config_path: str | None, flags: dict[str, Any], override
                         notes: list[str] | None = None) -> dict[str, Any]:
     """Merge a YAML file's ``model:`` section, explicit flags and ``--set a.b=c`` overrides
     (:mod:`flemme_core.overrides`: null removes a key, a new family drops the old one's options)."""
-    from .config import ConfigError, load_yaml
+    from .config import ConfigError, as_mapping, encoder_section, load_yaml
     from .overrides import apply_override
 
     model: dict[str, Any] = {}
     if config_path:
         data = load_yaml(config_path)
-        model = dict(data.get("model", data))
-    encoder = model.get("encoder", {})
-    model["encoder"] = {"name": encoder} if isinstance(encoder, str) else dict(encoder)
+        model = as_mapping(data.get("model", data), f"model: in {config_path}")
+    model["encoder"] = encoder_section(model.get("encoder"))  # wrong types: one line naming the key
     mapping = {"encoder": ("encoder", "name"), "channels": ("encoder", "channels"),
                "num_blocks": ("encoder", "num_blocks"), "patch_size": ("encoder", "patch_size"),
                "norm": ("encoder", "norm"), "act": ("encoder", "act"), "arch": ("arch",), "dims": ("dims",),
@@ -297,15 +303,34 @@ def build_command(config_path, overrides, batch_size, save_path, as_json, **flag
 @click.option("--json", "as_json", is_flag=True, help="Print the metadata as JSON.")
 def info_command(path: str, as_json: bool) -> None:
     """Show the config, versions and parameter count stored in a checkpoint (no model is built)."""
-    from .checkpoint import read_metadata
+    from .export import is_exported
 
-    meta = read_metadata(path)
-    if as_json:
-        click.echo(json.dumps(meta, indent=2))
+    if is_exported(path):  # .onnx / .pt2 / .ts written by `flemme export`: its own metadata
+        from .export.metadata import info_text
+
+        click.echo(info_text(path, as_json))
         return
-    cfg = meta["config"]
-    click.echo(f"file         {path} ({meta['file_bytes']:,} bytes, {meta['tensors']} tensors)")
-    click.echo(f"model        {cfg['arch']} with encoder {cfg['encoder']['name']} ({cfg['dims']}D)")
+    from .checkpoint import missing_plugins, read_metadata
+    from .config import model_config_from_dict
+
+    meta = read_metadata(path)  # validated: every field has its type
+    missing = missing_plugins(meta, path)
+    if as_json:
+        click.echo(json.dumps({**meta, "missing": missing}, indent=2))
+    else:
+        cfg, model_cfg = meta["config"], model_config_from_dict(meta["config"])
+        click.echo(f"file         {path} ({meta['file_bytes']:,} bytes, {meta['tensors']} tensors)")
+        enc = model_cfg.encoder
+        with_encoder = f"with encoder {enc.name or '(default)'}" if enc is not None else "(no encoder)"
+        click.echo(f"model        {model_cfg.arch} {with_encoder} ({model_cfg.dims}D)")
+        _info_rest(meta, cfg)
+    for line in missing:  # the file is readable but cannot be used here: say why, exit non-zero
+        click.echo(f"Error: {line}", err=True)
+    if missing:
+        sys.exit(2)
+
+
+def _info_rest(meta: dict[str, Any], cfg: dict[str, Any]) -> None:
     click.echo(f"parameters   {meta['parameters']:,}")
     click.echo("versions     " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()))
     click.echo("components   " + ", ".join(f"{k} <- {v}" for k, v in meta["components"].items()))

@@ -183,14 +183,19 @@ def train_command(config_path, data, sets, resume, overwrite, nproc, quiet, **fl
             finally:
                 os.environ.pop(HELD_ENV, None)
         sys.exit(code)
+    from .training.stops import LAUNCHED_ENV, exit_code, resume_command, signal_name, stop_signals
+
     from .training import train
 
     run = _run_config(config_path, data, sets, flags)
     try:
-        summary = train(run, resume=resume, overwrite=overwrite, quiet=quiet)
-    except KeyboardInterrupt:
-        click.echo(f"interrupted; continue with: flemme train ... --resume (run folder {run.output_dir})", err=True)
-        sys.exit(130)
+        with stop_signals():  # SIGTERM like Ctrl-C: after the current checkpoint commit, with the resume hint
+            summary = train(run, resume=resume, overwrite=overwrite, quiet=quiet)
+    except KeyboardInterrupt as exc:
+        if not os.environ.get(LAUNCHED_ENV):  # under --nproc the launching process says it, once
+            click.echo(f"interrupted ({signal_name(exc)}); continue with: {resume_command()} "
+                       f"(run folder {run.output_dir})", err=True)
+        sys.exit(exit_code(exc))
     if int(os.environ.get("RANK", "0")) == 0:
         final = {k: v for k, v in summary["final"].items()}
         cut = " (train.max_seconds reached)" if summary.get("stopped_by") == "seconds" else ""
@@ -217,6 +222,10 @@ def eval_command(checkpoint, data, sets, json_path, per_item, device, variants, 
     """Held-out metrics of a checkpoint: Dice per class, mIoU, HD95 (segmentation); PSNR,
     SSIM (reconstruction); or the architecture's own. Architectures with evaluation variants
     (distillation) also get a table of each variant's parameters, CPU time and metrics."""
+    if json_path:
+        from .diskio import check_output_file
+
+        check_output_file(json_path, "--json")  # before minutes of evaluation, not after printing the metrics
     from .training.inference import evaluate_checkpoint
 
     result = evaluate_checkpoint(checkpoint, data=data_source(data) if data else None, sets=sets,
@@ -248,8 +257,15 @@ def predict_command(checkpoint, inputs, output, normalize, device) -> None:
     """
     from .training.inference import predict_files
 
+    from pathlib import Path
+
+    from .diskio import check_output_file, check_output_folder
     for src, dst in predict_files(checkpoint, list(inputs), output, normalize=normalize, device=device,
                                   log=lambda text: click.echo(text, err=True)):
+    if len(inputs) == 1 and Path(output).suffix:  # checked before any model is loaded or image read
+        check_output_file(output, "--output")
+    else:
+        check_output_folder(output, "--output folder")
         click.echo(f"{src} -> {dst}")
 
 

@@ -87,6 +87,27 @@ def _int_list(value: Any, where: str) -> list[int]:
         value = [v for v in value.replace("x", ",").split(",") if v.strip()]
     if isinstance(value, (int, float)):
         value = [value]
+def as_mapping(value: Any, where: str) -> dict[str, Any]:
+    """A config section that must be a mapping; anything else is one line naming the key and the type."""
+    if not isinstance(value, Mapping):
+        text = repr(value)
+        raise ConfigError(f"{where} must be a mapping of keys to values, got {type(value).__name__} "
+                          f"{text if len(text) <= 40 else text[:37] + '...'}")
+    return dict(value)
+
+
+def encoder_section(value: Any, where: str = "model.encoder") -> dict[str, Any]:
+    """``model.encoder`` as a mapping: a family name becomes ``{name: ...}``, null ``{}``; else one line."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        return {"name": value}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where} must be a family name or a mapping (name:, channels:, ...), got "
+                          f"{type(value).__name__} {value!r:.40}")
+    return dict(value)
+
+
     try:
         out = [int(v) for v in value]
     except (TypeError, ValueError):
@@ -103,7 +124,7 @@ def encoder_config_from_dict(data: Mapping[str, Any] | str) -> EncoderConfig:
     if not isinstance(data, Mapping):
         raise ConfigError(f"model.encoder must be a family name or a mapping, got {type(data).__name__}")
     data = dict(data)
-    options = dict(data.pop("options", {}) or {})
+    options = as_mapping(data.pop("options", None) or {}, "model.encoder.options")
     cfg = EncoderConfig()
     for key, value in data.items():
         if key in EncoderConfig.USER_KEYS:
@@ -171,6 +192,9 @@ def normalize_loss_spec(spec: Any) -> list[dict[str, Any]]:
             item = {"name": item}
         if not isinstance(item, Mapping) or "name" not in item:
             raise ConfigError(f"each loss must be a name or a mapping with 'name', got {item!r}")
+    if not isinstance(spec, (list, tuple)):
+        raise ConfigError(f"model.loss must be a loss name, a mapping or a list of them, got {type(spec).__name__} "
+                          f"{spec!r:.40}")
         item = dict(item)
         weight = item.setdefault("weight", 1.0)
         if not isinstance(weight, (int, float)) or weight < 0:
@@ -219,11 +243,13 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml_text(path.read_text(), f"config file {str(path)!r}")  # bounded depth and aliases
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}: "
+    from .safeload import load_yaml_text
+
                           f"{getattr(exc, 'problem', exc)}") from None
     if data is None:
         raise ConfigError(f"config file {str(path)!r} is empty")

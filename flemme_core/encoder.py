@@ -199,7 +199,7 @@ class Encoder(nn.Module):
 def drop_path_schedule(rate: float, counts: Sequence[int]) -> list[list[float]]:
     """Stochastic-depth rates rising linearly from 0 to ``rate`` over all blocks."""
     total = sum(counts)
-    rates = torch.linspace(0, rate, total).tolist() if total > 1 else [rate] * total
+    rates = torch.linspace(0, rate, total, device="cpu").tolist() if total > 1 else [rate] * total  # cpu: also under a meta-device build
     out, start = [], 0
     for n in counts:
         out.append(rates[start:start + n])

@@ -34,6 +34,10 @@ class CheckpointError(FlemmeError):
     """A checkpoint file is missing, corrupt, or needs a plugin that is not installed."""
 
 
+class OutputError(FlemmeError):
+    """An output cannot be written: a read-only or missing folder, a full disk, no permission."""
+
+
 def close_matches(name: str, choices: Iterable[str], n: int = 3) -> list[str]:
     """Names from ``choices`` that look like ``name`` (for 'did you mean' hints)."""
     choices = sorted(set(choices))

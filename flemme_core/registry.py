@@ -108,11 +108,11 @@ class Conflict:
     providers: list[Provider]
 
     def message(self) -> str:
+        """Names every provider and asks which to keep: neither is assumed to be the genuine one."""
         who = " and ".join(str(p) for p in self.providers)
         either = " or ".join(f"FLEMME_DISABLE_PLUGINS={p.name}" for p in self.providers)
         return (f"{self.kind} {self.name!r} is registered by both {who}; decide which one to keep, then "
                 f"uninstall the other or disable it ({either})")
-        """Names every provider and asks which to keep: neither is assumed to be the genuine one."""
 
 
 def _env_list(var: str) -> list[str]:
@@ -135,13 +135,13 @@ class Registry:
         self._explicit: list[tuple[Any, Provider]] = []
         self._components: dict[str, dict[str, Component]] | None = None
         self.conflicts: list[Conflict] = []
-
-    # -- loading -------------------------------------------------------------------
-    def _add_plugin(self, obj: Any, provider: Provider) -> None:
         #: installed plugins not loaded, with why (FLEMME_DISABLE_PLUGINS, autoload off).
         self.disabled: list[tuple[Provider, str]] = []
         #: environment-variable entries that named nothing installed (FLEMME_PLUGINS=typo).
         self.unmatched: list[str] = []
+
+    # -- loading -------------------------------------------------------------------
+    def _add_plugin(self, obj: Any, provider: Provider) -> None:
         name = f"{provider.name}:{provider.entry_point or getattr(obj, '__name__', id(obj))}"
         if self.pm.is_registered(obj):
             return
@@ -165,15 +165,15 @@ class Registry:
                 if (dist_name, ep.name) in seen:
                     continue
                 seen.add((dist_name, ep.name))
+                provider = Provider(dist_name, dist.version or "", ep.name)
                 if _matches(disabled, ep.name, dist_name):
+                    self.disabled.append((provider, f"disabled by FLEMME_DISABLE_PLUGINS={','.join(disabled)}"))
                     continue
                 if not autoload and not _matches(wanted, ep.name, dist_name):
-                provider = Provider(dist_name, dist.version or "", ep.name)
-                    continue
-                    self.disabled.append((provider, f"disabled by FLEMME_DISABLE_PLUGINS={','.join(disabled)}"))
-                try:
                     self.disabled.append((provider, "not loaded: FLEMME_DISABLE_PLUGIN_AUTOLOAD is set and "
                                                     "FLEMME_PLUGINS does not name it"))
+                    continue
+                try:
                     obj = ep.load()
                 except BaseException as exc:  # noqa: BLE001 - a broken plugin (even sys.exit) must not take down the others
                     if isinstance(exc, KeyboardInterrupt):
@@ -229,6 +229,8 @@ class Registry:
                         raise
                     self.failures.append(PluginRecord(provider, impl.plugin_name,
                                                       f"{hook_name} raised {_one_line(exc)}"))
+                    continue
+                register.commit()  # a hook's registrations count only if the whole hook succeeded
         self._components = components
 
     # -- public API ----------------------------------------------------------------
@@ -246,8 +248,6 @@ class Registry:
     def unregister_plugin(self, obj: Any) -> None:
         """Undo :meth:`register_plugin` (tests use it to clean up)."""
         self._explicit = [(o, p) for o, p in self._explicit if o is not obj]
-                    continue
-                register.commit()  # a hook's registrations count only if the whole hook succeeded
         if self.pm.is_registered(obj):
             self.pm.unregister(obj)
             self.plugins = [r for r in self.plugins if r.module != getattr(obj, "__name__", repr(obj))]
@@ -287,6 +287,19 @@ class Registry:
         self._ensure_loaded()
         return list(self.plugins)
 
+    def plugin_status(self) -> list[tuple[PluginRecord, str]]:
+        """One row per plugin, ``(record, "ok" | "FAILED")``: a plugin whose module loaded but
+        one of whose hooks raised is listed once, as FAILED, with every error joined."""
+        self._ensure_loaded()
+        errors: dict[Provider, list[str]] = {}
+        modules: dict[Provider, str] = {}
+        for rec in self.failures:
+            errors.setdefault(rec.provider, []).append(rec.error)
+            modules.setdefault(rec.provider, rec.module)
+        rows = [(rec, "ok") for rec in self.plugins if rec.provider not in errors]
+        rows += [(PluginRecord(p, modules[p], "; ".join(errs)), "FAILED") for p, errs in errors.items()]
+        return rows
+
     def problems(self) -> list[str]:
         """One line per broken plugin or name conflict."""
         self._ensure_loaded()
@@ -305,19 +318,7 @@ class _Registrar:
 
     def __init__(self, kind: str, provider: Provider, into: dict[str, Component], conflicts: list[Conflict]):
         self.kind, self.provider, self.into, self.conflicts = kind, provider, into, conflicts
-    def plugin_status(self) -> list[tuple[PluginRecord, str]]:
-        """One row per plugin, ``(record, "ok" | "FAILED")``: a plugin whose module loaded but
-        one of whose hooks raised is listed once, as FAILED, with every error joined."""
-        self._ensure_loaded()
-        errors: dict[Provider, list[str]] = {}
-        modules: dict[Provider, str] = {}
-        for rec in self.failures:
-            errors.setdefault(rec.provider, []).append(rec.error)
-            modules.setdefault(rec.provider, rec.module)
-        rows = [(rec, "ok") for rec in self.plugins if rec.provider not in errors]
-        rows += [(PluginRecord(p, modules[p], "; ".join(errs)), "FAILED") for p, errs in errors.items()]
-        return rows
-
+        self.pending: list[Component] = []
 
     def __call__(self, name: str, factory: str | Callable[..., Any], description: str = "",
                  **metadata: Any) -> None:
@@ -341,7 +342,6 @@ class _Registrar:
             self.into[name] = comp
         self.pending = []
 
-        self.pending: list[Component] = []
 
 def _one_line(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}".strip().splitlines()

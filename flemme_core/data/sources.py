@@ -7,7 +7,6 @@ and a missing one is named in a one-line :class:`DataError`.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -68,10 +67,12 @@ def read_datalist(path: str | Path, base_dir: str | Path | None = None) -> tuple
     path = Path(path)
     if not path.is_file():
         raise DataError(f"datalist {path} not found; set data.datalist to an existing JSON file")
+    from ..safeload import load_json_text
+
     try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError(f"datalist {path} is not valid JSON ({exc}); fix the file") from exc
+        doc = load_json_text(path.read_text(), f"datalist {path}", DataError)  # bounded nesting
+    except OSError as exc:
+        raise DataError(f"datalist {path} cannot be read ({exc.strerror}); fix the file") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("training"), list):
         raise DataError(f'datalist {path} has no "training" list; expected {{"training": [{{"image": ..., '
                         '"label": ...}], "validation": [...]}')

@@ -16,6 +16,9 @@ import numpy as np
 from ..errors import ConfigError
 from .splits import DatasetSplits, Item
 
+#: bound on the generated voxels (all images, all channels): 2**28 float32 values are 1 GiB.
+MAX_VOXELS = 2**28
+
 
 def _shape_mask(grid: list[np.ndarray], centre: np.ndarray, radius: float, ball: bool) -> np.ndarray:
     if ball:
@@ -47,7 +50,23 @@ def make_synthetic(dims: int, size: Sequence[int] | None = None, num_train: int 
                    num_classes: int = 3, channels: int = 1, noise: float = 0.2, max_shapes: int = 5,
                    seed: int = 0) -> DatasetSplits:
     """``num_train`` + ``num_held_out`` independent images of ``size`` with shapes and noise."""
-    size = tuple(int(s) for s in (size if size is not None else (64,) * dims))
+    counts = {"num_train": num_train, "num_held_out": num_held_out, "num_classes": num_classes,
+              "channels": channels, "max_shapes": max_shapes, "seed": seed}
+    size = (64,) * dims if size is None else size
+    for key, value in {**counts, **{f"size[{i}]": v for i, v in enumerate(size if isinstance(size, (list, tuple))
+                                                                           else [size])}}.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"synthetic-{dims}d option {key} must be an integer, got {value!r:.40}")
+    if not isinstance(size, (list, tuple)) or not isinstance(noise, (int, float)) or isinstance(noise, bool):
+        raise ConfigError(f"synthetic-{dims}d: size must be a list of {dims} integers and noise a number "
+                          f"(got size {size!r:.40}, noise {noise!r:.40})")
+    size = tuple(size)
+    voxels = (num_train + num_held_out) * channels * int(np.prod(size, dtype=np.float64)) if size else 0
+    if voxels > MAX_VOXELS or num_classes > 255 or channels > 64 or max_shapes > 1000:
+        raise ConfigError(f"synthetic-{dims}d options ask for {voxels:.3g} voxels ({num_train}+{num_held_out} images "
+                          f"of {list(size)} x {channels} channel(s)), {num_classes} classes, {max_shapes} shapes; the "
+                          f"limits are {MAX_VOXELS:.3g} voxels, 255 classes, 64 channels, 1000 shapes: use fewer or "
+                          "smaller images")
     if len(size) != dims:
         raise ConfigError(f"synthetic-{dims}d: size {list(size)} must have {dims} numbers; e.g. size: {[32] * dims}")
     if num_classes < 2 or num_train < 1 or num_held_out < 1 or min(size) < 8:

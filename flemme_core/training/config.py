@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..config import _check_keys, _int_list, load_yaml
+from ..config import _check_keys, _int_list, as_mapping, load_yaml
 from ..errors import ConfigError, unknown_name_message
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -213,12 +213,10 @@ class RunConfig:
 def run_config_from_dict(data: Mapping[str, Any], name: str = "run") -> RunConfig:
     """Split and validate a whole config mapping (``model:``, ``data:``, ``train:``)."""
     _check_keys(data, list(TOP_KEYS), "the config file (top level)")
-    model = data.get("model") or {}
-    dataset = data.get("data") or {}
-    if not isinstance(model, Mapping) or not isinstance(dataset, Mapping):
-        raise ConfigError("model: and data: must be mappings")
-    return RunConfig(model=copy.deepcopy(dict(model)), data=copy.deepcopy(dict(dataset)),
-                     train=train_config_from_dict(data.get("train")), name=name)
+    model = as_mapping(data.get("model") or {}, "model:")
+    dataset = as_mapping(data.get("data") or {}, "data:")
+    return RunConfig(model=copy.deepcopy(model), data=copy.deepcopy(dataset),
+                     train=train_config_from_dict(as_mapping(data.get("train") or {}, "train:")), name=name)
 
 
 def parse_set_value(text: str) -> Any:
@@ -226,7 +224,9 @@ def parse_set_value(text: str) -> Any:
     import yaml
 
     try:
-        return yaml.safe_load(text)
+    from ..safeload import load_yaml_text
+
+        return load_yaml_text(text, f"--set value {text[:40]!r}")
     except yaml.YAMLError:
         return text
 
@@ -245,6 +245,9 @@ def load_run_config(path: str | Path | None, overrides: Mapping[str, Any] | None
         name = Path(path).stem
     data = copy.deepcopy(data)
     model = data.get("model")
+    for section in TOP_KEYS:  # before any override is applied into them: wrong types are one line
+        if data.get(section) is not None:
+            data[section] = as_mapping(data[section], f"{section}:")
     if isinstance(model, dict) and isinstance(model.get("encoder"), str):
         model["encoder"] = {"name": model["encoder"]}  # so that encoder.* overrides can be applied
     from ..overrides import apply_override

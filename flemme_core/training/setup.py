@@ -176,7 +176,9 @@ def prepare_run_dir(run_dir: Path, resolved: dict[str, Any], resume: bool, overw
                           "--overwrite to replace it, or --output to write elsewhere")
     if has_run and config_path.exists():
         try:
-            previous = yaml.safe_load(config_path.read_text()) or {}
+            from ..safeload import load_yaml_text
+
+            previous = load_yaml_text(config_path.read_text(), repr(str(config_path))) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{str(config_path)!r} is corrupt ({str(exc).splitlines()[0]}); use --overwrite "
                               "to start the run again") from None

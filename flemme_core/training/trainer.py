@@ -219,8 +219,16 @@ class Trainer:
                 "scaler": self.scaler.state_dict() if self.scaler else None, "world_size": self.ctx.world_size,
                 "train_seconds": self.train_seconds, "steps_trained": self.steps_trained,
                 "stopped_by": self.stopped_by}
-        save_train_state(self.run_dir, self.model, optimizer, info,
-                         lambda: save_model(self.model, self.run_dir / "last.safetensors", extra=self._extra()))
+        from ..errors import OutputError
+        from .stops import deferred_stops, resume_command
+
+        try:
+            with deferred_stops():  # a stop (Ctrl-C, SIGTERM) lands after the commit, never inside it
+                save_train_state(self.run_dir, self.model, optimizer, info,
+                                 lambda: save_model(self.model, self.run_dir / "last.safetensors", extra=self._extra()))
+        except OutputError as exc:  # full disk, read-only: the previous state is intact and resumable
+            raise OutputError(f"checkpoint at step {self.step} not written: {exc}; the last committed state is intact: "
+                              f"fix that, then continue with: {resume_command()}") from None
 
     def _validate(self) -> dict[str, float]:
         metrics, extras = evaluate(self.model, self.val_ds, self.eval_settings, self.ctx)
