@@ -9,7 +9,6 @@ and the training package are imported inside the commands. User mistakes raise
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 from typing import Any
@@ -90,15 +89,13 @@ def _launch_args(config_path: str | None, data: str | None, sets: tuple[str, ...
     return args
 
 
-def _finite(value: Any) -> Any:
-    """NaN/inf -> null, so the JSON is valid for every reader."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
+def timing_line(summary: dict[str, Any]) -> str:
+    """What each time figure includes (they do not divide into each other)."""
+    per_step = summary.get("seconds_per_step")
+    step = f"; one training step {per_step:.3f} s (median: data + forward + backward + update)" if per_step else ""
+    return (f"trained  {summary.get('steps_trained', summary['steps'])} steps: {summary['seconds']:.0f} s for the "
+            f"loop (steps + validation + checkpoints){step}; {summary.get('wall_seconds', summary['seconds']):.0f} s "
+            "wall in all")
 
 
 def _print_metrics(metrics: dict[str, float], header: str) -> None:
@@ -204,7 +201,8 @@ def train_command(config_path, data, sets, resume, overwrite, nproc, quiet, **fl
         best = summary["best"]
         if best.get("score") is not None:
             click.echo(f"best {best['metric']} {best['score']:.4f} at step {best['step']}")
-        click.echo(f"run folder: {summary['run_dir']} ({summary['seconds']:.1f} s)")
+        click.echo(timing_line(summary))
+        click.echo(f"run folder: {summary['run_dir']}")
 
 
 @click.command("eval")
@@ -236,7 +234,10 @@ def eval_command(checkpoint, data, sets, json_path, per_item, device, variants, 
     if json_path:
         from pathlib import Path
 
-        Path(json_path).write_text(json.dumps(_finite(result), indent=1, default=str))
+        from .training.logs import json_safe
+
+        text = json.dumps(json_safe(result), indent=1, default=str, allow_nan=False)
+        Path(json_path).write_text(text)
         click.echo(f"wrote {json_path}")
 
 
@@ -255,17 +256,17 @@ def predict_command(checkpoint, inputs, output, normalize, device) -> None:
 
     Segmentation writes class indices; reconstruction writes the output image.
     """
-    from .training.inference import predict_files
-
     from pathlib import Path
 
     from .diskio import check_output_file, check_output_folder
-    for src, dst in predict_files(checkpoint, list(inputs), output, normalize=normalize, device=device,
-                                  log=lambda text: click.echo(text, err=True)):
+    from .training.inference import predict_files
+
     if len(inputs) == 1 and Path(output).suffix:  # checked before any model is loaded or image read
         check_output_file(output, "--output")
     else:
         check_output_folder(output, "--output folder")
+    for src, dst in predict_files(checkpoint, list(inputs), output, normalize=normalize, device=device,
+                                  log=lambda text: click.echo(text, err=True)):
         click.echo(f"{src} -> {dst}")
 
 
@@ -291,9 +292,9 @@ def demo_command(synthetic, steps, output, threads, quiet) -> None:
     per_class = ", ".join(f"{k.split('/', 1)[1]} {v:.3f}" for k, v in final.items() if k.startswith("dice/"))
     click.echo(f"data      {summary['data']}; held out: {summary['held_out']}")
     click.echo(f"held-out Dice {final.get('dice', float('nan')):.3f} ({per_class}); "
-               f"mIoU {final.get('miou', float('nan')):.3f}; HD95 {final.get('hd95', float('nan')):.2f}")
-    click.echo(f"trained  {summary['steps']} steps in {summary['seconds']:.0f} s "
-               f"({summary['seconds_per_step']:.3f} s/step)")
+               f"mIoU {final.get('miou', float('nan')):.3f}; HD95 {final.get('hd95', float('nan')):.2f} "
+               f"{summary.get('hd95_units', '')}".rstrip())
+    click.echo(timing_line(summary))
     run_dir = Path(summary["run_dir"])
     for name in ("curves.png", "overlay.png", "best.safetensors", "metrics.jsonl"):
         click.echo(f"wrote     {run_dir / name}")

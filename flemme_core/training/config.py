@@ -63,6 +63,7 @@ class TrainConfig:
     tensorboard: bool = False
     progress: bool = True
     find_unused_parameters: bool = False  # DDP: set when some trainable parameters get no gradient
+    keep_state: bool = False        # keep the resume tensors (state-*.safetensors, ~3x the model) after the run ends
 
     def stage_settings(self, name: str) -> dict[str, Any]:
         """Per-stage values (steps, lr, ...) with the global ones as defaults."""
@@ -156,7 +157,7 @@ def train_config_from_dict(data: Mapping[str, Any] | None) -> TrainConfig:
     _choice(cfg.device, DEVICES, "train.device")
     _choice(cfg.sw_mode, ("constant", "gaussian"), "train.sw_mode")
     _choice(cfg.monitor_mode, ("max", "min"), "train.monitor_mode")
-    for key in ("deterministic", "tensorboard", "progress", "find_unused_parameters"):
+    for key in ("deterministic", "tensorboard", "progress", "find_unused_parameters", "keep_state"):
         if not isinstance(getattr(cfg, key), bool):
             raise ConfigError(f"train.{key} must be true or false, got {getattr(cfg, key)!r}")
     if cfg.roi_size is not None:

@@ -106,14 +106,14 @@ def evaluate(model: Any, dataset: Sequence[Any], settings: EvalSettings, ctx: Di
                 use_own = values is not None
                 if use_own:
                     own.update_dict(values)
-                    rows.append(dict(values))
+                    rows.append({**item_ids(dataset, mine[start : start + settings.batch_size]), **values})
                     continue
             x, y = model.inputs_and_target(batch)
             out = infer(model, x, settings)
             if per_item:
                 single = type(standard)(*_args(standard))
                 single.update(out, y)
-                rows.append(single.result())
+                rows.append({**item_ids(dataset, mine[start : start + settings.batch_size]), **single.result()})
             standard.update(out, y)
             if keep_example and "example" not in extras and ctx.is_main:
                 extras["example"] = _example(x, y, out, settings.task)
@@ -128,6 +128,18 @@ def evaluate(model: Any, dataset: Sequence[Any], settings: EvalSettings, ctx: Di
     if per_item:
         extras["per_item"] = rows
     return result, extras
+
+
+def item_ids(dataset: Sequence[Any], indices: Sequence[int]) -> dict[str, Any]:
+    """Which held-out item(s) a per-item row is about: the index in the held-out split and, for
+    file sources, the image file (``item``/``image``; lists when a row covers a batch)."""
+    raw = getattr(dataset, "data", None)
+    files = [raw[i].get("image") if raw is not None and isinstance(raw[i], dict) else None for i in indices]
+    one = len(indices) == 1
+    out: dict[str, Any] = {"item": indices[0] if one else list(indices)}
+    if all(isinstance(f, str) for f in files):
+        out["image"] = files[0] if one else files
+    return out
 
 
 def _args(metrics: SegmentationMetrics | ReconstructionMetrics) -> tuple:

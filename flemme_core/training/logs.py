@@ -16,9 +16,14 @@ from typing import Any
 METRICS_FILE = "metrics.jsonl"
 
 
-def _clean(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """NaN/inf -> null, recursively, so every JSON flemme writes is valid for every reader."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -42,7 +47,7 @@ class MetricsLog:
     def write(self, row: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        row = {k: _clean(v) for k, v in row.items()}
+        row = json_safe(row)
         with open(self.path, "a") as fh:
             fh.write(json.dumps(row, sort_keys=False) + "\n")
         if self.writer is not None:

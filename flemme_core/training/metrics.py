@@ -2,8 +2,11 @@
 
 Segmentation (MONAI): Dice and IoU per foreground class and their means (``dice``,
 ``miou``), and the 95th-percentile Hausdorff distance (``hd95``, in the image's
-spacing units). A class absent from an image's label is skipped for that image (NaN
-in MONAI), not counted as perfect. Reconstruction (MONAI): ``psnr`` and ``ssim`` with
+spacing units: mm for the presets with a spacing, else voxels). A class absent from an
+image's label is skipped for that image (NaN in MONAI), not counted as perfect; a class in
+the label that the model never predicts gets the image diagonal as its HD95 (MONAI returns
+NaN, and skipping it would make missing a class improve the mean), and ``hd95_empty``
+counts those (item, class) pairs. Reconstruction (MONAI): ``psnr`` and ``ssim`` with
 the target's own intensity range, and ``mse``. Architectures that compute their own
 metrics (``validation_metrics``) are averaged over batches the same way.
 """
@@ -35,6 +38,12 @@ def check_metric_names(names: Sequence[str], task: str) -> list[str]:
         if name not in allowed:
             raise ConfigError(unknown_name_message(f"{task} metric in train.metrics:", name, allowed))
     return list(names)
+
+
+def distance_units(spacing: Sequence[float] | None) -> str:
+    """The unit of HD95: the data's spacing units (mm for medical volumes) or voxels/pixels
+    when the data has no physical spacing (all 1)."""
+    return "mm" if spacing and any(float(s) != 1.0 for s in spacing) else "voxels"
 
 
 def labels_from_logits(logits: torch.Tensor) -> torch.Tensor:
@@ -103,16 +112,30 @@ class SegmentationMetrics:
             if "hd95" in self.names:
                 hd = compute_hausdorff_distance(pred, target, include_background=False, percentile=95,
                                                 spacing=self.spacing)
+                # A class in the label that the model never predicts: MONAI gives NaN, which a mean would
+                # skip (missing a class would improve the mean). It counts as the image diagonal instead
+                # (the largest possible distance), and the number of such cases is reported.
+                missed = (target[:, 1:].flatten(2).any(-1) & ~pred[:, 1:].flatten(2).any(-1))
+                hd = torch.where(missed, torch.full_like(hd, self._diagonal(pred.shape[2:])), hd)
+                self.sums.add("hd95_empty", missed.sum().reshape(1).double())
                 for k, name in enumerate(fg):
                     self.sums.add(f"hd95/{name}", hd[:, k])
 
+    def _diagonal(self, shape: Sequence[int]) -> float:
+        """The image diagonal in the metric's units (spacing units, else voxels)."""
+        spacing = self.spacing or [1.0] * len(shape)
+        return math.sqrt(sum((n * s) ** 2 for n, s in zip(shape, spacing)))
+
     def result(self) -> dict[str, float]:
         per = self.sums.means()
+        empty = per.pop("hd95_empty", None)
         out: dict[str, float] = {}
         for key, prefix in (("dice", "dice/"), ("miou", "iou/"), ("hd95", "hd95/")):
             vals = [v for n, v in per.items() if n.startswith(prefix) and math.isfinite(v)]
             if key in self.names:
                 out[key] = sum(vals) / len(vals) if vals else float("nan")
+        if empty is not None:  # (item, class) pairs with the class in the label but never predicted
+            out["hd95_empty"] = float(self.sums.sums.get("hd95_empty", 0.0))
         out.update(per)
         return out
 

@@ -21,7 +21,7 @@ from .runfolder import RUN_FILES  # noqa: F401 - the files --overwrite deletes (
 
 CONFIG_FILE = "config.yaml"
 #: train keys that may change on --resume without changing the result.
-RESUME_FREE_KEYS = ("output", "progress", "tensorboard", "threads", "log_every", "sw_batch_size")
+RESUME_FREE_KEYS = ("output", "progress", "tensorboard", "threads", "log_every", "sw_batch_size", "keep_state")
 
 
 def pick_device(name: str) -> torch.device:

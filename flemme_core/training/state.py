@@ -9,6 +9,9 @@ resumes from a consistent state:
    the name of the tensors file of step 1 (atomic) -- this rename *is* the commit;
 4. older ``state-*.safetensors`` files are deleted.
 
+When a run finishes, its resume tensors are deleted (:func:`prune_train_state`) unless
+``train.keep_state: true``: ``last``/``best`` hold the weights, and a finished run is not resumed.
+
 A kill before 3 leaves the previous ``state.json`` pointing at a complete older file.
 """
 
@@ -134,8 +137,26 @@ def save_train_state(run_dir: Path, model: torch.nn.Module, optimizer: torch.opt
     return run_dir / STATE_JSON
 
 
+def prune_train_state(run_dir: Path) -> int:
+    """A finished run: delete the resume tensors (model + optimiser + RNG, about 3x the model) and
+    keep ``state.json`` marked ``pruned`` (so ``--resume`` still says the run is finished).
+    Returns the bytes freed. ``train.keep_state: true`` keeps them."""
+    run_dir = Path(run_dir)
+    path = run_dir / STATE_JSON
+    record = json.loads(path.read_text())
+    freed = 0
+    for old in run_dir.glob("state-*.safetensors"):
+        freed += old.stat().st_size
+    record.update({"tensors": None, "pruned": True})
+    text = json.dumps(record, indent=1, sort_keys=True)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))  # commit first: never points at a deleted file
+    for old in run_dir.glob("state-*.safetensors"):
+        old.unlink(missing_ok=True)
+    return freed
+
+
 def read_train_state(run_dir: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The committed state record and its tensors (CPU)."""
+    """The committed state record and its tensors (CPU; none for a finished, pruned run)."""
     from safetensors.torch import load_file
 
     path = Path(run_dir) / STATE_JSON
@@ -148,6 +169,10 @@ def read_train_state(run_dir: Path) -> tuple[dict[str, Any], dict[str, torch.Ten
         raise CheckpointError(f"{str(path)!r} is corrupt ({exc}); start a new run with --overwrite") from None
     if record.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a flemme training state ({record.get('format')!r})")
+    if record.get("pruned"):
+        if not record.get("finished"):
+            raise CheckpointError(f"{str(path)!r} has no resume tensors (pruned); start a new run with --overwrite")
+        return record, {}
     tensor_path = Path(run_dir) / record["tensors"]
     try:
         tensors = load_file(str(tensor_path))

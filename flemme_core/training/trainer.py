@@ -25,11 +25,18 @@ from . import setup as S
 from .config import RunConfig, plan_stage_steps
 from .distributed import DistContext, all_reduce_sum, any_flag, barrier, init_distributed, shutdown
 from .evaluation import EvalSettings, autocast, evaluate
-from .logs import MetricsLog, Progress, tensorboard_writer
-from .metrics import HIGHER_IS_BETTER, TASK_METRICS, check_metric_names
+from .logs import MetricsLog, Progress, json_safe, tensorboard_writer
+from .metrics import HIGHER_IS_BETTER, TASK_METRICS, check_metric_names, distance_units
 from .optim import Schedule, build_optimizer
 from .sampling import SeededDataset, StepBatchSampler, StreamOrder, make_train_loader
-from .state import load_model_tensors, read_train_state, restore_rng, save_train_state, unflatten_optimizer
+from .state import (
+    load_model_tensors,
+    prune_train_state,
+    read_train_state,
+    restore_rng,
+    save_train_state,
+    unflatten_optimizer,
+)
 
 
 class TrainingError(FlemmeError):
@@ -57,6 +64,7 @@ class Trainer:
         from ..data import build_datasets
         from ..losses import build_loss
 
+        self.created = time.perf_counter()
         self.run, self.cfg = run, run.train
         cfg = self.cfg
         self.device = S.pick_device(cfg.device)
@@ -247,7 +255,7 @@ class Trainer:
                     from ..checkpoint import save_model
 
                     save_model(self.model, self.run_dir / "best.safetensors", extra=self._extra())
-        self.log.write({"step": self.step, "split": "val", **metrics})
+        self.log.write({"step": self.step, "split": "val", "stage": self.stages[self.stage_index]["name"], **metrics})
         return metrics
 
     # -- the loop -------------------------------------------------------------------------
@@ -369,13 +377,13 @@ class Trainer:
                 metrics = self._validate()
                 shown = {k: v for k, v in metrics.items() if "/" not in k}
                 tag = f" [{stage['name']}]" if len(self.stages) > 1 else ""
-                progress.message(f"step {self.step}/{self.total_steps}{tag}  loss {value:.4f}  " +
-                                 "  ".join(f"{k} {v:.4f}" for k, v in shown.items()) + f"  eta {progress.eta(self.step)}")
+                progress.message(f"step {self.step}/{self.total_steps}{tag}  train loss {value:.4f}  |  held-out " +
+                                 "  ".join(f"{k} {v:.4f}" for k, v in shown.items()) + f"  |  eta {progress.eta(self.step)}")
             if (self.step % save_every == 0 or self.step == stage["end"]) and self.step < self.total_steps:
                 self._save(index, optimizer)
             postfix = {"loss": value, "lr": lr}
             if self.monitor in self.last_val:
-                postfix[self.monitor] = self.last_val[self.monitor]
+                postfix[f"held-out {self.monitor}"] = self.last_val[self.monitor]
             progress.update(self.step, postfix)
             self._tick = time.perf_counter()  # validation and checkpoints are not step time
 
@@ -431,22 +439,33 @@ class Trainer:
                 "stopped_by": self.stopped_by, "max_seconds": self.cfg.max_seconds,
                 "peak_memory_mb": S.peak_memory_mb(self.device),
                 "held_out": self.info.held_out_description, "data": self.info.name,
-                "world_size": self.ctx.world_size}
+                "world_size": self.ctx.world_size, "parameters": sum(p.numel() for p in self.model.parameters()),
+                "wall_seconds": time.perf_counter() - self.created, "hd95_units": distance_units(self.info.spacing),
+                "timing": {"wall_seconds": "the whole command from start-up: data loading, model build, training, "
+                                           "validation, checkpoints",
+                           "seconds": "the training loop: steps plus validations and checkpoints",
+                           "train_seconds": "the sum of the training steps alone",
+                           "seconds_per_step": "median of one training step: data + forward + backward + update "
+                                               "(no validation or checkpoint)"}}
 
     def _write_outputs(self, summary: dict[str, Any]) -> None:
         import json
 
         from ..checkpoint import atomic_write
 
-        text = json.dumps(summary, indent=1, default=str)
+        text = json.dumps(json_safe(summary), indent=1, default=str, allow_nan=False)  # NaN -> null: valid JSON
         atomic_write(Path(self.run_dir) / "summary.json", lambda tmp: Path(tmp).write_text(text))
         try:
+        if self.step >= self.total_steps and not self.cfg.keep_state and (self.run_dir / "state.json").exists():
+            prune_train_state(self.run_dir)  # finished: last/best hold the weights; nothing left to resume
             from .plots import plot_curves, plot_overlay
 
-            plot_curves(self.run_dir / "metrics.jsonl", self.run_dir / "curves.png")
+            plot_curves(self.run_dir / "metrics.jsonl", self.run_dir / "curves.png",
+                        units=distance_units(self.info.spacing))
             if self.example is not None:
                 plot_overlay(self.example, self.run_dir / "overlay.png", self.task,
-                             title=f"held out: step {self.step}")
+                             title=f"held out ({self.info.name}): step {self.step}",
+                             class_names=list(self.info.class_names))
         except ImportError:  # matplotlib missing: the numbers are still written
             pass
 

@@ -121,6 +121,11 @@ class ClipEncoder(PretrainedEncoder):
                 state[patch_key] = adapt_input_weight(state[patch_key], cfg.in_channels)
             check_loaded(model, state, f"{opts.weights!r} as a CLIP vision tower",
                          "give a CLIP/PLIP Hugging Face folder whose config.json matches its weights")
+        # The pooled output's norm is loaded (it is in every CLIP file) but the patch tokens never use it:
+        # no gradient, so trainers and DDP see no unused trainable parameters.
+        for p in model.vision_model.post_layernorm.parameters() if hasattr(model, "vision_model") \
+                else model.post_layernorm.parameters():
+            p.requires_grad_(False)
         self.mean_std = (list(preprocessor.get("image_mean") or OPENAI_MEAN), list(preprocessor.get("image_std") or OPENAI_STD))
         patch = int(config.patch_size)
         self.native_size = int(config.image_size)
