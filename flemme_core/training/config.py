@@ -224,9 +224,9 @@ def parse_set_value(text: str) -> Any:
     """YAML scalar parsing for ``--set key=value`` (numbers, booleans, lists, null)."""
     import yaml
 
-    try:
     from ..safeload import load_yaml_text
 
+    try:
         return load_yaml_text(text, f"--set value {text[:40]!r}")
     except yaml.YAMLError:
         return text
@@ -245,10 +245,10 @@ def load_run_config(path: str | Path | None, overrides: Mapping[str, Any] | None
         data = load_yaml(path)
         name = Path(path).stem
     data = copy.deepcopy(data)
-    model = data.get("model")
     for section in TOP_KEYS:  # before any override is applied into them: wrong types are one line
         if data.get(section) is not None:
             data[section] = as_mapping(data[section], f"{section}:")
+    model = data.get("model")
     if isinstance(model, dict) and isinstance(model.get("encoder"), str):
         model["encoder"] = {"name": model["encoder"]}  # so that encoder.* overrides can be applied
     from ..overrides import apply_override

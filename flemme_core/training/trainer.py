@@ -455,9 +455,9 @@ class Trainer:
 
         text = json.dumps(json_safe(summary), indent=1, default=str, allow_nan=False)  # NaN -> null: valid JSON
         atomic_write(Path(self.run_dir) / "summary.json", lambda tmp: Path(tmp).write_text(text))
-        try:
         if self.step >= self.total_steps and not self.cfg.keep_state and (self.run_dir / "state.json").exists():
             prune_train_state(self.run_dir)  # finished: last/best hold the weights; nothing left to resume
+        try:
             from .plots import plot_curves, plot_overlay
 
             plot_curves(self.run_dir / "metrics.jsonl", self.run_dir / "curves.png",
