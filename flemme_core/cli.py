@@ -310,6 +310,13 @@ def info_command(path: str, as_json: bool) -> None:
 
         click.echo(info_text(path, as_json))
         return
+    from .export import is_exported
+
+    if is_exported(path):  # .onnx / .pt2 / .ts written by `flemme export`: its own metadata
+        from .export.metadata import info_text
+
+        click.echo(info_text(path, as_json))
+        return
     from .checkpoint import missing_plugins, read_metadata
     from .config import model_config_from_dict
 

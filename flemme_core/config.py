@@ -242,14 +242,14 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
+    from .safeload import load_yaml_text
+
     try:
         data = load_yaml_text(path.read_text(), f"config file {str(path)!r}")  # bounded depth and aliases
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}: "
-    from .safeload import load_yaml_text
-
                           f"{getattr(exc, 'problem', exc)}") from None
     if data is None:
         raise ConfigError(f"config file {str(path)!r} is empty")

@@ -131,3 +131,12 @@ def check_input_shape(rule: dict[str, Any], shape: tuple[int, ...], source: str)
         return (f"{source} takes spatial sizes that are multiples of {m} and at least {'×'.join(map(str, low))}, "
                 f"got {'×'.join(map(str, spatial))}; pad to {'×'.join(map(str, valid))}")
     return None
+
+
+def info_text(path: str | Path, as_json: bool = False) -> str:
+    """What ``flemme info`` prints for an exported file (needs neither torch nor the plugins)."""
+    meta = read_exported_metadata(path)
+    meta["path"] = str(path)
+    if as_json:
+        return json.dumps(meta, indent=2, default=str)
+    return "\n".join(f"{label:<14} {text}" for label, text in describe(meta))

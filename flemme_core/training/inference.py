@@ -26,9 +26,15 @@ NORMALIZERS = ("auto", "zscore", "percentile", "none")
 
 def _load(checkpoint: str | Path, device: str) -> tuple[Any, dict[str, Any], torch.device]:
     from ..checkpoint import load_model
+    from ..export import is_exported
 
     dev = pick_device(device)
-    model = load_model(checkpoint, map_location="cpu").to(dev).eval()
+    if is_exported(checkpoint):  # .onnx (ONNX Runtime), .pt2, .ts: a predictor with the checkpoint's metadata
+        from ..export.runtime import ExportedModel
+
+        model = ExportedModel(checkpoint, dev)
+    else:
+        model = load_model(checkpoint, map_location="cpu").to(dev).eval()
     extra = model.checkpoint_metadata.get("extra", {})
     return model, extra, dev
 
