@@ -73,8 +73,8 @@ def save_model(model, path: str | Path, extra: Mapping[str, Any] | None = None) 
         "flemme.components": json.dumps(components_of(model), sort_keys=True),
         "flemme.parameters": str(count_parameters(model)[0]),
         "flemme.extra": json.dumps(dict(extra or {}), sort_keys=True, default=str),
-    }
         "flemme.provenance": json.dumps(provenance_of(versions_of(model)), sort_keys=True),  # where plugins came from
+    }
     return atomic_write(path, lambda tmp: st_save_model(model, tmp, metadata=metadata))
 
 
@@ -113,8 +113,8 @@ def missing_plugins(meta: Mapping[str, Any], path: str | Path) -> list[str]:
     from .registry import get_registry
 
     registry = get_registry()
-    for key, provider in meta["components"].items():
     lines = []
+    for key, provider in meta["components"].items():
         kind, _, name = key.partition(":")
         if name not in registry.components(kind):
             lines.append(missing_component_message(str(path), kind, name, provider, meta))
@@ -139,10 +139,10 @@ def load_model(path: str | Path, map_location: str = "cpu"):
     path = Path(path)
     meta = read_metadata(path)
     _check_plugins(meta, path)
-    model = build_model(meta["config"])
     from .checkpoint_meta import check_shapes
 
     check_shapes(path, meta)  # on the meta device: a config that does not fit the tensors allocates nothing
+    model = build_model(meta["config"])
     try:
         missing, unexpected = st_load_model(model, str(path), strict=False, device=map_location)
     except Exception as exc:  # noqa: BLE001

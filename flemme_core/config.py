@@ -82,11 +82,6 @@ def _check_keys(data: Mapping[str, Any], allowed: list[str], where: str) -> None
             raise ConfigError(unknown_name_message(f"key in {where}:", str(key), allowed))
 
 
-def _int_list(value: Any, where: str) -> list[int]:
-    if isinstance(value, str):
-        value = [v for v in value.replace("x", ",").split(",") if v.strip()]
-    if isinstance(value, (int, float)):
-        value = [value]
 def as_mapping(value: Any, where: str) -> dict[str, Any]:
     """A config section that must be a mapping; anything else is one line naming the key and the type."""
     if not isinstance(value, Mapping):
@@ -108,6 +103,11 @@ def encoder_section(value: Any, where: str = "model.encoder") -> dict[str, Any]:
     return dict(value)
 
 
+def _int_list(value: Any, where: str) -> list[int]:
+    if isinstance(value, str):
+        value = [v for v in value.replace("x", ",").split(",") if v.strip()]
+    if isinstance(value, (int, float)):
+        value = [value]
     try:
         out = [int(v) for v in value]
     except (TypeError, ValueError):
@@ -186,15 +186,15 @@ def normalize_loss_spec(spec: Any) -> list[dict[str, Any]]:
     """'dice_ce', ['dice', 'ce'] or [{name: dice, weight: 0.5, ...}] -> list of dicts."""
     if isinstance(spec, (str, Mapping)):
         spec = [spec]
+    if not isinstance(spec, (list, tuple)):
+        raise ConfigError(f"model.loss must be a loss name, a mapping or a list of them, got {type(spec).__name__} "
+                          f"{spec!r:.40}")
     out = []
     for item in spec:
         if isinstance(item, str):
             item = {"name": item}
         if not isinstance(item, Mapping) or "name" not in item:
             raise ConfigError(f"each loss must be a name or a mapping with 'name', got {item!r}")
-    if not isinstance(spec, (list, tuple)):
-        raise ConfigError(f"model.loss must be a loss name, a mapping or a list of them, got {type(spec).__name__} "
-                          f"{spec!r:.40}")
         item = dict(item)
         weight = item.setdefault("weight", 1.0)
         if not isinstance(weight, (int, float)) or weight < 0:
