@@ -52,10 +52,14 @@ class EncoderConfig:
 
 @dataclasses.dataclass
 class ModelConfig:
-    """Everything needed to rebuild a model: stored verbatim in every checkpoint."""
+    """Everything needed to rebuild a model: stored verbatim in every checkpoint.
+
+    ``encoder`` is ``None`` for an architecture registered with ``encoder=False`` (a whole
+    network, e.g. MONAI's UNet from flemme-monai); the builder sets it so.
+    """
 
     arch: str = "unet"
-    encoder: EncoderConfig = dataclasses.field(default_factory=EncoderConfig)
+    encoder: EncoderConfig | None = dataclasses.field(default_factory=EncoderConfig)
     dims: int = DEFAULT_DIMS
     image_size: list[int] = dataclasses.field(default_factory=lambda: [DEFAULT_IMAGE_SIZE] * DEFAULT_DIMS)
     in_channels: int = DEFAULT_IN_CHANNELS
@@ -67,7 +71,8 @@ class ModelConfig:
         data = dataclasses.asdict(self)
         enc = data["encoder"]
         for key in ("dims", "in_channels", "image_size", "context_dim"):
-            enc.pop(key, None)
+            if enc is not None:
+                enc.pop(key, None)
         return data
 
     def to_json(self) -> str:
@@ -155,7 +160,8 @@ def model_config_from_dict(data: Mapping[str, Any]) -> ModelConfig:
     data = dict(data)
     cfg = ModelConfig()
     if "encoder" in data:
-        cfg.encoder = encoder_config_from_dict(data.pop("encoder"))
+        encoder = data.pop("encoder")
+        cfg.encoder = None if encoder is None else encoder_config_from_dict(encoder)
     for key, value in data.items():
         setattr(cfg, key, value)
     for key in ("in_channels", "out_channels", "dims"):
@@ -211,10 +217,16 @@ def parse_options(cls: type[T], options: Mapping[str, Any], where: str) -> T:
     values = {}
     for key, value in options.items():
         values[key] = _coerce(value, hints.get(key), f"{where}.{key}")
-    obj = cls(**values)
-    check = getattr(obj, "validate", None)
-    if callable(check):
-        check()
+    # A family's or architecture's own checks (``__post_init__``, ``validate()``) may raise
+    # ValueError/TypeError/AssertionError: that is a bad value in the user's config, reported as
+    # one ConfigError line naming where, never a traceback from inside the plugin.
+    try:
+        obj = cls(**values)
+        check = getattr(obj, "validate", None)
+        if callable(check):
+            check()
+    except (ValueError, TypeError, AssertionError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
     return obj
 
 

@@ -26,3 +26,17 @@ def test_builds_and_trains(arch, dims, tmp_path):
     model.eval()
     again = load_model(tmp_path / "m.safetensors").eval()
     assert torch.equal(model(x), again(x))
+
+
+def test_conformance():
+    """flemme's conformance kit: contract, context, common keys, save/load, unet and ae in 2D/3D."""
+    from flemme_core.testing import check_family
+
+    check_family("convnext", archs=["unet", "ae"])
+
+
+@pytest.mark.slow
+def test_conformance_with_every_installed_architecture():
+    from flemme_core.testing import check_family
+
+    check_family("convnext")

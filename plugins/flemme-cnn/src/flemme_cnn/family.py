@@ -42,6 +42,14 @@ class CNNFamily(BlockFamily):
     defaults: ClassVar[dict[str, Any]] = {"patch_size": 1, "num_blocks": 1, "norm": "batch", "act": "relu",
                                           "channels": [32, 64, 128, 256]}
 
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        if cfg.drop_path and not BLOCKS[self.options.block][1]:
+            from flemme_core.errors import ConfigError
+
+            raise ConfigError(f"model.encoder.drop_path {cfg.drop_path} needs residual blocks: {self.options.block} "
+                              "blocks have no residual branch to drop; use block: res_conv or drop_path: 0")
+
     def _unit(self, cin: int, cout: int, stride: int = 1, kernel: int | None = None) -> nn.Module:
         c = self.cfg
         return conv_unit(c.dims, cin, cout, kernel or self.options.kernel_size, c.norm, c.act, c.dropout, stride)

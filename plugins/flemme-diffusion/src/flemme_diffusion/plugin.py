@@ -19,7 +19,7 @@ def register_architectures(register) -> None:
              task="generation")
     register("ldm", f"{_PKG}.latent:LDM",
              "latent diffusion over a trained ae/vae checkpoint (frozen, recorded by config and sha256)",
-             task="generation")
+             task="generation", requires="a trained ae/vae checkpoint (arch_options.autoencoder)")
     register("sdm", f"{_PKG}.supervised:SDM",
              "supervised diffusion: the input image conditions (concat or per-level injection), the target "
              "is generated; predict averages an ensemble and reports its spread", task="reconstruction")

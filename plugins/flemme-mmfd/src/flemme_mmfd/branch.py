@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from flemme_core.config import EncoderConfig
-from flemme_core.errors import ConfigError
+from flemme_core.errors import CheckpointError, ConfigError
 from flemme_core.lora import add_lora
 from flemme_core.weights import LoadReport, load_into, read_safetensors, remap_keys
 
@@ -40,7 +40,7 @@ class Branch(nn.Module):
             if meta["config"].get("dims", parent.dims) != parent.dims:
                 raise ConfigError(f"branch {index}: checkpoint {opts.checkpoint!r} is a "
                                   f"{meta['config']['dims']}D model but this model is {parent.dims}D")
-        cfg = branch_encoder_config(family, base)
+        cfg = inherit_common_keys(branch_encoder_config(family, base), family, parent, from_checkpoint=base is not None)
         in_channels = opts.in_channels or ckpt_in or parent.in_channels
         if in_channels != parent.in_channels and parent.in_channels != 1:
             raise ConfigError(f"branch {index} takes {in_channels} input channels but images have "
@@ -58,7 +58,8 @@ class Branch(nn.Module):
         try:
             self.encoder = build_encoder(cfg)
         except ConfigError as exc:
-            raise ConfigError(f"model.encoder.branches[{index}] ({cfg.name}): {exc}{_fusion_key_hint(family)}") from None
+            raise ConfigError(f"model.encoder.branches[{index}] ({cfg.name}): {exc}"
+                              f"{_fusion_key_hint(family, str(exc))}") from None
         self.encoder.check_image_size(size)
         if isinstance(opts.normalize, dict) and len(opts.normalize["mean"]) not in (1, in_channels):
             raise ConfigError(f"branch {self.id}: normalize.mean has {len(opts.normalize['mean'])} values for "
@@ -68,7 +69,12 @@ class Branch(nn.Module):
         path = opts.checkpoint or opts.weights
         if path:
             prefix = opts.prefix if opts.prefix is not None else ("encoder." if opts.checkpoint else None)
-            tensors, _ = read_safetensors(path, (lambda k: k.startswith(prefix)) if prefix else None)
+            try:
+                tensors, _ = read_safetensors(path, (lambda k: k.startswith(prefix)) if prefix else None)
+            except CheckpointError as exc:
+                raise CheckpointError(f"branch {self.id}: {exc}; a family that reads published checkpoints itself "
+                                      f"(sam, clip, timm, pidinet) takes the file as its own option: "
+                                      f"branches[{index}].options: {{weights: {path}}}") from None
             state = remap_keys(tensors, opts.key_map, prefix)
             self.report = load_into(self.encoder, state, f"branch {self.id} <- {path}", strict=opts.strict)
         self.frozen = bool(opts.freeze)
@@ -100,8 +106,15 @@ class Branch(nn.Module):
         no file paths: the structure without the files (a checkpoint holds the weights)."""
         fusion = {k: v for k, v in dataclasses.asdict(self.opts).items() if k not in FILE_KEYS and v is not None}
         cfg = self.family_config
-        family = {k: getattr(cfg, k) for k in EncoderConfig.USER_KEYS if getattr(cfg, k) is not None}
-        return {**family, "options": dict(cfg.options), **fusion, "id": self.id, "in_channels": self.in_channels}
+        # Every common key explicit (unset ones as null): the reload builds this structure, whatever
+        # the fused encoder's own keys would pass down to a branch that leaves them unset.
+        family = {k: getattr(cfg, k) for k in EncoderConfig.USER_KEYS}
+        options = dict(cfg.options)
+        own = self.encoder.standalone_config()  # a family that read its own files (options.weights) drops them
+        if own is not None:
+            family.update({k: v for k, v in own.items() if k != "options"})
+            options = dict(own.get("options", {}))
+        return {**family, "options": options, **fusion, "id": self.id, "in_channels": self.in_channels}
 
     @property
     def channels(self) -> list[int]:
@@ -130,11 +143,36 @@ class Branch(nn.Module):
         return self
 
 
-def _fusion_key_hint(family: dict[str, Any]) -> str:
-    """A misspelt fusion key (``frezee``) reaches the family as an unknown option: name the right one."""
+#: common keys a branch takes from the fusion encoder's config when it does not set its own.
+INHERITED = ("channels", "norm", "act", "dropout", "drop_path")
+
+
+def inherit_common_keys(cfg: EncoderConfig, family: dict[str, Any], parent: EncoderConfig,
+                        from_checkpoint: bool) -> EncoderConfig:
+    """A common key given to the fusion encoder reaches every branch that does not set it
+    itself (``--channels 8,16`` makes 8-16 branches, and so 8-16 fused levels), never shown and
+    ignored. A branch read from a checkpoint keeps the trained structure (its channels and
+    norm), so giving those keys to the fusion with such a branch is refused in one line."""
+    changes: dict[str, Any] = {}
+    for key in INHERITED:
+        value = getattr(parent, key)
+        if value in (None, 0.0) or key in family:
+            continue
+        if from_checkpoint and key in ("channels", "norm", "act"):
+            raise ConfigError(f"model.encoder.{key} would change the structure of a branch read from a checkpoint; "
+                              f"set it per branch (branches[i].{key}) for the others, or leave it unset")
+        changes[key] = list(value) if isinstance(value, list) else value
+    return dataclasses.replace(cfg, **changes) if changes else cfg
+
+
+def _fusion_key_hint(family: dict[str, Any], error: str) -> str:
+    """A misspelt fusion key (``frezee``) reaches the family as an unknown option: name the right one
+    (only for the key the family refused, never for a valid encoder key such as ``channels``)."""
     import difflib
 
     for key in family:
+        if key in EncoderConfig.USER_KEYS or repr(str(key)) not in error:
+            continue
         close = difflib.get_close_matches(str(key), BRANCH_KEYS, n=1, cutoff=0.75)
         if close:
             return f"; if {key!r} was meant for the fusion, did you mean {close[0]!r}?"

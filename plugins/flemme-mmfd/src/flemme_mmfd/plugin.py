@@ -29,7 +29,8 @@ def register_fusions(register) -> None:
 def register_architectures(register) -> None:
     register("distill", "flemme_mmfd.distill:Distill",
              "two stages: train a (fused) teacher, then distil it into a student encoder with feature "
-             "and optional logit distillation; predict = the student", task="segmentation")
+             "and optional logit distillation; predict = the student", task="segmentation",
+             example={"teacher": "{encoder}"})  # flemme_core.testing: the family under test teaches
 
 
 @hookimpl
