@@ -96,19 +96,41 @@ def _encoder_builder(model: ModelConfig):
 
 
 def build_model(config: ModelConfig | Mapping[str, Any]) -> Architecture:
-    """Build the configured architecture with the configured encoder family."""
+    """Build the configured architecture with the configured encoder family.
+
+    An architecture registered with ``encoder=False`` (a whole network) is built with
+    ``build_encoder=None`` and ``config.encoder`` set to ``None``; a config that names an
+    encoder for it is refused in one line rather than silently ignored.
+    """
     cfg = as_model_config(config)
-    if cfg.encoder.name is None:
-        cfg = dataclasses.replace(cfg, encoder=dataclasses.replace(cfg.encoder, name=default_encoder_name()))
     registry = get_registry()
     for item in cfg.loss or []:
         registry.get("loss", item["name"])  # fail on a misspelt loss before building anything
-    factory = registry.get("architecture", cfg.arch).load()
-    model = factory(cfg, _encoder_builder(cfg))
+    component = registry.get("architecture", cfg.arch)
+    if not takes_encoder(cfg.arch):
+        if cfg.encoder is not None and cfg.encoder != EncoderConfig():
+            raise ConfigError(f"architecture {cfg.arch!r} from {component.provider} takes no encoder (it is a whole "
+                              f"network); remove model.encoder / --encoder and set its sizes in model.arch_options "
+                              f"(e.g. --set arch_options.{component.metadata.get('widths', 'channels')}=...)")
+        cfg = dataclasses.replace(cfg, encoder=None)
+        model = _call_factory(component, cfg, None)
+    else:
+        if cfg.encoder is None:
+            cfg = dataclasses.replace(cfg, encoder=EncoderConfig())
+        if cfg.encoder.name is None:
+            cfg = dataclasses.replace(cfg, encoder=dataclasses.replace(cfg.encoder, name=default_encoder_name()))
+        model = _call_factory(component, cfg, _encoder_builder(cfg))
     if not isinstance(model, Architecture):
-        raise PluginError(f"architecture {cfg.arch!r} returned {type(model).__name__}, "
-                          f"not a flemme_core.architectures.base.Architecture; fix the plugin's factory")
+        raise PluginError(f"architecture {cfg.arch!r} from {component.provider} returned {type(model).__name__}, "
+                          f"not a flemme_core.architectures.base.Architecture; the factory of "
+                          f"{component.provider.name} is broken: upgrade it or report it to its authors")
     return model
+
+
+def takes_encoder(arch: str) -> bool:
+    """Whether an architecture wraps an encoder family (registration metadata ``encoder``,
+    default ``True``); ``False`` for whole networks such as flemme-monai's ``monai-unet``."""
+    return bool(get_registry().get("architecture", arch).metadata.get("encoder", True))
 
 
 def loss_spec(model: Architecture) -> list[dict[str, Any]]:
@@ -120,7 +142,7 @@ def used_components(model: Architecture) -> list[tuple[str, str]]:
     """(kind, name) of every registered component a model is built from: architecture, encoder,
     losses, and what they declare (``Architecture.extra_components``, ``Encoder.components``)."""
     cfg = model.config
-    wanted = [("architecture", cfg.arch), ("encoder", cfg.encoder.name)]
+    wanted = [("architecture", cfg.arch)] + ([("encoder", cfg.encoder.name)] if cfg.encoder is not None else [])
     wanted += [("loss", item["name"]) for item in loss_spec(model)]
     wanted += list(model.extra_components())
     wanted += list(getattr(model.encoder, "components", list)())
@@ -155,8 +177,32 @@ def count_parameters(module: torch.nn.Module) -> tuple[int, int]:
     return total, trainable
 
 
+def macs_per_sample(model: torch.nn.Module, x: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward pass per sample of ``x``, in eval mode
+    (``torch.utils.flop_counter`` counts 2 FLOPs per MAC in convolutions, transposed
+    convolutions, matmuls and attention; custom kernels it does not know count 0)."""
+    was_training = model.training
+    model.eval()
+    try:
+        return _counted_forward(model, x)[1]
+    finally:
+        model.train(was_training)
+
+
+def _counted_forward(model: torch.nn.Module, x: torch.Tensor) -> tuple[Any, int]:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        out = model(x)
+    return out, int(counter.get_total_flops() // 2 // x.shape[0])
+
+
 def summarize(model: Architecture, batch_size: int = 1) -> dict[str, Any]:
-    """Run one forward pass on a dummy batch and describe shapes, levels and sizes."""
+    """Run one forward pass on a dummy batch and describe shapes, levels, sizes and cost.
+
+    A model without an encoder (an architecture registered with ``encoder=False``) has no
+    levels here; its ``summary_extra`` says what it is (e.g. the MONAI network and its options).
+    """
     if batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
     captured: dict[str, Any] = {}
@@ -164,39 +210,40 @@ def summarize(model: Architecture, batch_size: int = 1) -> dict[str, Any]:
     def grab(_module, _inputs, output):
         captured.setdefault("features", output)
 
-    handle = model.encoder.register_forward_hook(grab)
+    enc = model.encoder
+    handle = enc.register_forward_hook(grab) if enc is not None else None
     was_training = model.training
     model.eval()
     try:
         x = model.example_input(batch_size)
-        with torch.no_grad():
-            out = model(x)
+        out, macs = _counted_forward(model, x)
     finally:
-        handle.remove()
+        if handle is not None:
+            handle.remove()
         model.train(was_training)
     outs = out if isinstance(out, (list, tuple)) else [out]
-    enc = model.encoder
     features = captured.get("features") or []
     total, trainable = count_parameters(model)
     cfg = model.config
+    levels = [] if enc is None else [
+        {"level": i, "channels": c, "stride": s, "shape": list(features[i].shape) if i < len(features) else None}
+        for i, (c, s) in enumerate(zip(enc.feature_channels, enc.feature_strides))]
     return {
         "arch": cfg.arch,
-        "encoder": cfg.encoder.name,
+        "encoder": cfg.encoder.name if cfg.encoder is not None else None,
         "dims": cfg.dims,
         "backend": getattr(enc, "backend", "") or "torch",
         "parameters": total,
         "trainable_parameters": trainable,
-        "encoder_parameters": count_parameters(enc)[0],
+        "encoder_parameters": count_parameters(enc)[0] if enc is not None else 0,
+        "macs_per_sample": macs,
         "input_shape": list(x.shape),
         "output_shapes": [list(o.shape) for o in outs],
-        "levels": [
-            {"level": i, "channels": c, "stride": s,
-             "shape": list(features[i].shape) if i < len(features) else None}
-            for i, (c, s) in enumerate(zip(enc.feature_channels, enc.feature_strides))
-        ],
-        "total_stride": enc.total_stride,
+        "levels": levels,
+        "total_stride": enc.total_stride if enc is not None else None,
         "config": cfg.to_dict(),
-        "resolved_encoder": {k: getattr(enc.config, k) for k in EncoderConfig.USER_KEYS + ("options",)},
+        "resolved_encoder": ({k: getattr(enc.config, k) for k in EncoderConfig.USER_KEYS + ("options",)}
+                             if enc is not None else None),
         "versions": versions_of(model),
         **model.summary_extra(),
     }

@@ -67,7 +67,8 @@ def save_model(model, path: str | Path, extra: Mapping[str, Any] | None = None) 
         "flemme.config": model.standalone_config().to_json(),
         "flemme.encoder_resolved": json.dumps(
             {k: getattr(model.encoder.config, k) for k in ("name", "channels", "num_blocks", "patch_size",
-                                                           "norm", "act", "dropout", "drop_path", "options")},
+                                                           "norm", "act", "dropout", "drop_path", "options")}
+            if model.encoder is not None else {},  # a whole network (registered with encoder=False)
             sort_keys=True, default=str),
         "flemme.versions": json.dumps(versions_of(model), sort_keys=True),
         "flemme.components": json.dumps(components_of(model), sort_keys=True),

@@ -119,7 +119,9 @@ def list_components(kind: str | None, pattern: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({
             "components": [{"kind": c.kind, "name": c.name, "description": c.description,
-                            "distribution": c.provider.name, "version": c.provider.version} for c in rows],
+                            "distribution": c.provider.name, "version": c.provider.version,
+                            **({"takes_encoder": c.metadata.get("encoder", True) is not False}
+                               if c.kind == "architecture" else {})} for c in rows],
             "problems": problems}, indent=2))
         return
     for k in kinds:
@@ -129,7 +131,8 @@ def list_components(kind: str | None, pattern: str, as_json: bool) -> None:
         click.secho(f"{k}s:" if not k.endswith("s") else f"{k}es:", bold=True)
         width = max(len(c.name) for c in group)
         for c in group:
-            click.echo(f"  {c.name:<{width}}  [{c.provider}]  {c.description}")
+            mark = "(no encoder) " if c.kind == "architecture" and c.metadata.get("encoder", True) is False else ""
+            click.echo(f"  {c.name:<{width}}  [{c.provider}]  {mark}{c.description}")
     if not rows:
         click.echo(f"no {'/'.join(kinds)} matches {pattern!r}")
     for line in problems:
@@ -225,24 +228,41 @@ def model_options(func):
     return func
 
 
+def _si(value: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.2f} {unit}"
+    return f"{value:.0f} "
+
+
 def _format_summary(s: dict[str, Any]) -> str:
     cfg = s["config"]
     enc = s["resolved_encoder"]
     size = "×".join(map(str, cfg["image_size"]))
+    with_encoder = f"with encoder {s['encoder']}" if s["encoder"] else "(no encoder: a whole network)"
     lines = [
-        f"model        {s['arch']} with encoder {s['encoder']} ({s['dims']}D, backend {s['backend']})",
+        f"model        {s['arch']} {with_encoder} ({s['dims']}D, backend {s['backend']})",
         f"image        {size}, {cfg['in_channels']} channel(s) in, {cfg['out_channels']} out",
-        f"parameters   {s['parameters']:,} ({s['trainable_parameters']:,} trainable; encoder {s['encoder_parameters']:,})",
+        f"parameters   {s['parameters']:,} ({s['trainable_parameters']:,} trainable"
+        + (f"; encoder {s['encoder_parameters']:,})" if enc is not None else ")"),
+        f"cost         {_si(s['macs_per_sample'])}MACs per sample, forward at {size} "
+        f"(a training step is about 3× that per sample)",
         f"input        {tuple(s['input_shape'])}",
         "output       " + ", ".join(str(tuple(o)) for o in s["output_shapes"]),
-        f"encoder      channels {enc['channels']}, num_blocks {enc['num_blocks']}, patch_size {enc['patch_size']}, "
-        f"norm {enc['norm']}, act {enc['act']}" + (f", options {enc['options']}" if enc["options"] else ""),
-        "levels       (fine to coarse)",
     ]
+    if enc is not None:
+        lines += [
+            f"encoder      channels {enc['channels']}, num_blocks {enc['num_blocks']}, patch_size {enc['patch_size']}, "
+            f"norm {enc['norm']}, act {enc['act']}" + (f", options {enc['options']}" if enc["options"] else ""),
+            "levels       (fine to coarse)",
+        ]
+    if s.get("network"):
+        lines.append(f"network      {s['network']}")
     for lvl in s["levels"]:
         shape = tuple(lvl["shape"]) if lvl["shape"] else "?"
         lines.append(f"  {lvl['level']}  stride {lvl['stride']:>3}  channels {lvl['channels']:>4}  {shape}")
-    lines.append(f"total stride {s['total_stride']} (image sizes must be divisible by it)")
+    if s["total_stride"]:
+        lines.append(f"total stride {s['total_stride']} (image sizes must be divisible by it)")
     lines.append("versions     " + ", ".join(f"{k} {v}" for k, v in s["versions"].items()))
     return "\n".join(lines)
 

@@ -21,7 +21,9 @@ QUICK = {("vit", "unet"), ("tiny", "hunet"), ("tiny", "vae"), ("tiny", "distill"
 
 def _combos() -> list[tuple[str, str]]:
     registry = get_registry()
-    archs = sorted(a for a in registry.components("architecture") if NEEDS.get(a, {}) is not None)
+    # whole networks (registered with encoder=False) train in tests/test_encoderless.py and their plugin's tests
+    archs = sorted(a for a, c in registry.components("architecture").items()
+                   if NEEDS.get(a, {}) is not None and c.metadata.get("encoder", True) is not False)
     encoders = sorted(e for e in registry.components("encoder") if e != "tiny")
     return [("tiny", a) for a in archs] + [(e, "unet") for e in encoders]
 

@@ -33,11 +33,13 @@ class Architecture(nn.Module):
     #: dataclass of this architecture's ``arch_options`` (unknown keys are errors).
     Options: ClassVar[type] = dataclasses.make_dataclass("NoOptions", [])
 
-    def __init__(self, config: ModelConfig, build_encoder: BuildEncoder):
+    def __init__(self, config: ModelConfig, build_encoder: BuildEncoder | None):
+        """``build_encoder`` is ``None`` for an architecture registered with ``encoder=False``
+        (a whole network that builds its own layers): ``self.encoder`` is then ``None``."""
         super().__init__()
         self.config = config
         self.options = parse_options(self.Options, config.arch_options, f"model.arch_options ({config.arch})")
-        self.encoder = build_encoder(**self.encoder_overrides())
+        self.encoder = build_encoder(**self.encoder_overrides()) if build_encoder is not None else None
 
     def encoder_overrides(self) -> dict[str, Any]:
         """What this architecture changes in its encoder (e.g. ``context_dim`` for diffusion)."""

@@ -278,7 +278,8 @@ class Trainer:
                 self.scaler.load_state_dict(record["scaler"])
         progress = Progress(self.total_steps, self.step, self.cfg.progress, self.quiet)
         mc = self.model.config
-        progress.message(f"training {mc.arch} with encoder {mc.encoder.name} on {self.info.name} "
+        with_encoder = f"with encoder {mc.encoder.name}" if mc.encoder is not None else "(no encoder)"
+        progress.message(f"training {mc.arch} {with_encoder} on {self.info.name} "
                          f"({self.info.num_train} train / {self.info.num_held_out} held-out items): "
                          f"{self.total_steps} steps, batch {self.batch}, {self.ctx.world_size} process(es) on "
                          f"{self.device.type}; run folder {self.run_dir}")
