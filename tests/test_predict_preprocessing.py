@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from train_helpers import config
 
 from flemme_core.cli import main
 from flemme_core.data.preprocessing import linear
@@ -122,3 +123,50 @@ def test_file_source_steps_are_recorded_and_the_geometry_is_inverted():
     reference = (smooth - seen.mean()) / seen.std()  # z-scored with the statistics of the resampled image
     inner = (slice(None), slice(2, -2), slice(2, -2), slice(2, -2))  # resampling blurs the border
     np.testing.assert_allclose(out.numpy()[inner], reference[inner], atol=0.08)
+
+
+@pytest.fixture(scope="module")
+def ckpt_2d(tmp_path_factory):
+    from train_helpers import TINY_2D
+
+    from flemme_core.training import train
+
+    out = tmp_path_factory.mktemp("p2") / "run"
+    cfg = config(TINY_2D, train={"steps": 2, "val_every": 0, "output": str(out)},
+                 data={"options": {"num_train": 2, "num_held_out": 1, "size": [32, 32]}, "patch_size": [32, 32]})
+    train(run_config_from_dict(cfg), quiet=True)
+    return str(out / "last.safetensors")
+
+
+def test_png_label_maps_are_palette_images_and_jpeg_is_refused(tmp_path, ckpt_2d, capfd):
+    from PIL import Image
+
+    src = tmp_path / "img.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, size=(40, 56)).astype(np.uint8)).save(src)
+    capfd.readouterr()
+    result = CliRunner().invoke(main, ["predict", ckpt_2d, str(src), "-o", str(tmp_path / "seg.png")])
+    assert result.exit_code == 0, result.output
+    assert "palette images: pixel values are the class indices" in result.output
+    assert "nvImageCodec" not in result.output + "".join(capfd.readouterr())
+    png = Image.open(tmp_path / "seg.png")
+    assert png.mode == "P" and png.size == (56, 40)
+    indices = np.array(png)
+    assert set(np.unique(indices)) <= {0, 1, 2}
+    palette = png.getpalette()
+    assert palette[:3] == [0, 0, 0] and palette[3:6] != [0, 0, 0] and palette[3:6] != palette[6:9]
+    jpg = CliRunner().invoke(main, ["predict", ckpt_2d, str(src), "-o", str(tmp_path / "seg.jpg")])
+    assert jpg.exit_code != 0 and "JPEG is lossy" in jpg.output and not (tmp_path / "seg.jpg").exists()
+
+
+def test_nifti_output_keeps_the_inputs_sform_and_qform_codes(tmp_path, plugin_checkpoint):
+    raw, _ = _raw_volume()
+    img = nib.Nifti1Image(raw[:, 24:], np.diag([2.0, 2.0, 2.0, 1.0]))
+    img.set_sform(img.affine, code=2)
+    img.set_qform(img.affine, code=1)
+    src = tmp_path / "aligned.nii.gz"
+    nib.save(img, str(src))
+    dst = tmp_path / "seg.nii.gz"
+    result = CliRunner().invoke(main, ["predict", plugin_checkpoint, str(src), "-o", str(dst)])
+    assert result.exit_code == 0, result.output
+    header = nib.load(str(dst)).header
+    assert int(header["sform_code"]) == 2 and int(header["qform_code"]) == 1

@@ -23,15 +23,30 @@ from .errors import DataError
 from .sources import stem
 
 PIL_FORMATS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+#: formats whose compression changes pixel values: never used for label maps.
+LOSSY_FORMATS = (".jpg", ".jpeg")
 
 
 @contextlib.contextmanager
 def quiet_readers() -> Iterator[None]:
-    """Hide MONAI's 'nvImageCodec ... falling back to pydicom' warning (printed whenever pydicom is
-    installed without the GPU codec; the fallback is what we want)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
+    """Hide MONAI's 'nvImageCodec is not available' notice (a warning and a log line, printed on
+    every image load whenever pydicom is installed without the GPU codec; the CPU fallback is
+    what we want). ``FLEMME_DEBUG=1`` shows it."""
+    import logging
+    import os
+
+    if os.environ.get("FLEMME_DEBUG"):
         yield
+        return
+    logger = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 @dataclass
@@ -97,8 +112,10 @@ def _to_numpy(x: Any) -> np.ndarray:
 def write_prediction(prediction: Any, out_path: str | Path, like: ImageFile) -> Path:
     """Write ``prediction`` ((C, *S) or (*S), numpy or tensor) over the grid of ``like``.
 
-    Integer predictions (class indices) keep their values; float ones are written as
-    float32 in NIfTI and scaled to 0..255 in PNG. Returns the written path.
+    Integer predictions (class indices) keep their values: NIfTI int16, or a palette PNG
+    (pixel values are the class indices, shown in distinct colours by every viewer); a lossy
+    format (JPEG) is refused for them. Float ones are written as float32 in NIfTI and scaled
+    to 0..255 in PNG. Returns the written path.
     """
     pred = _to_numpy(prediction)
     spatial = like.array.shape[1:]
@@ -108,6 +125,10 @@ def write_prediction(prediction: Any, out_path: str | Path, like: ImageFile) -> 
         raise ShapeError(f"prediction of shape {tuple(pred.shape)} does not match the input {like.path.name} "
                          f"of spatial shape {tuple(spatial)}; predict on the whole image (sliding window)")
     out_path = Path(out_path)
+    labels = np.issubdtype(pred.dtype, np.integer) or pred.dtype == bool
+    if labels and out_path.name.lower().endswith(LOSSY_FORMATS):
+        raise DataError(f"cannot write a label map as {out_path.name}: JPEG is lossy and would change class "
+                        "indices (and invent classes at edges); use .png (palette, indices kept) or .nii.gz")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if out_path.name.lower().endswith(PIL_FORMATS):
         _write_pil(pred, out_path)
@@ -129,9 +150,23 @@ def _write_nifti(pred: np.ndarray, out_path: Path, like: ImageFile) -> None:
         header.set_data_dtype(data.dtype)
         header.set_slope_inter(1.0, 0.0)
     img = nib.Nifti1Image(data, like.affine, header=header)
-    img.set_qform(like.affine, code=1)
-    img.set_sform(like.affine, code=1)
+    qcode, scode = 1, 1  # scanner-anat unless the input says otherwise
+    if header is not None:  # keep the input's codes (e.g. sform 2 = aligned to another scan, 4 = MNI)
+        qcode = int(header["qform_code"]) or qcode
+        scode = int(header["sform_code"]) or scode
+    img.set_qform(like.affine, code=qcode)
+    img.set_sform(like.affine, code=scode)
     nib.save(img, str(out_path))
+
+
+def label_palette(n: int = 256) -> list[int]:
+    """RGB triples for class indices: 0 black (background), then well-separated colours."""
+    base = [(0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+            (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128),
+            (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0),
+            (255, 215, 180), (0, 0, 128), (128, 128, 128)]
+    colours = [base[k] if k < len(base) else ((k * 67) % 256, (k * 151) % 256, (k * 223) % 256) for k in range(n)]
+    return [c for rgb in colours for c in rgb]
 
 
 def _write_pil(pred: np.ndarray, out_path: Path) -> None:
@@ -140,11 +175,17 @@ def _write_pil(pred: np.ndarray, out_path: Path) -> None:
     if pred.ndim != 3:
         raise ShapeError(f"a {pred.ndim - 1}D prediction cannot be written as {out_path.suffix}; use .nii.gz")
     if np.issubdtype(pred.dtype, np.integer) or pred.dtype == bool:
-        data = pred.astype(np.uint8 if pred.max(initial=0) < 256 else np.uint16)
-    else:
-        lo, hi = float(pred.min()), float(pred.max())
-        lo, hi = (0.0, 1.0) if lo >= 0.0 and hi <= 1.0 else (lo, hi)
-        data = np.round(255 * (pred - lo) / max(hi - lo, 1e-8)).astype(np.uint8)
+        if pred.shape[0] != 1 or pred.max(initial=0) > 255:
+            raise ShapeError(f"a label map with classes up to {int(pred.max(initial=0))} cannot be a palette PNG "
+                             "(256 colours); use .nii.gz")
+        data = np.swapaxes(pred.astype(np.uint8), 1, 2)[0]  # MONAI's PIL reader gives (W, H): back to rows
+        image = Image.fromarray(data)
+        image.putpalette(label_palette())  # L -> P: the indices stay, the palette gives the colours
+        image.save(str(out_path))
+        return
+    lo, hi = float(pred.min()), float(pred.max())
+    lo, hi = (0.0, 1.0) if lo >= 0.0 and hi <= 1.0 else (lo, hi)
+    data = np.round(255 * (pred - lo) / max(hi - lo, 1e-8)).astype(np.uint8)
     data = np.swapaxes(data, 1, 2)  # MONAI's PIL reader gives (C, W, H): back to rows x columns
     if data.shape[0] == 1:
         Image.fromarray(data[0]).save(str(out_path))

@@ -191,4 +191,7 @@ def predict_files(checkpoint: str | Path, inputs: Sequence[str | Path], output: 
         pred = labels_from_logits(out)[0].to(torch.int64) if model.task == "segmentation" else out[0]
         dst = output if single_file else output_path_for(src, output)
         written.append((Path(src), write_prediction(pred.cpu().numpy(), dst, like=img)))
+        if log is not None and model.task == "segmentation" and str(dst).lower().endswith(".png") and len(written) == 1:
+            log("PNG label maps are palette images: pixel values are the class indices (0 = background), "
+                "which viewers show in distinct colours")
     return written
