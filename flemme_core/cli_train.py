@@ -158,7 +158,7 @@ def train_command(config_path, data, sets, resume, overwrite, nproc, quiet, **fl
     overlay.png into the run folder.
     """
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
-        from .training.distributed import launch
+        from .training.launcher import launch  # torch-free; owns torchrun's process group
 
         run = _run_config(config_path, data, sets, flags)  # fail here, once, on a bad config
         from .data import data_config_from_dict
@@ -180,11 +180,11 @@ def train_command(config_path, data, sets, resume, overwrite, nproc, quiet, **fl
             finally:
                 os.environ.pop(HELD_ENV, None)
         sys.exit(code)
-    from .training.stops import LAUNCHED_ENV, exit_code, resume_command, signal_name, stop_signals
-
     from .training import train
 
     run = _run_config(config_path, data, sets, flags)
+    from .training.stops import LAUNCHED_ENV, exit_code, resume_command, signal_name, stop_signals
+
     try:
         with stop_signals():  # SIGTERM like Ctrl-C: after the current checkpoint commit, with the resume hint
             summary = train(run, resume=resume, overwrite=overwrite, quiet=quiet)
@@ -220,12 +220,12 @@ def eval_command(checkpoint, data, sets, json_path, per_item, device, variants, 
     """Held-out metrics of a checkpoint: Dice per class, mIoU, HD95 (segmentation); PSNR,
     SSIM (reconstruction); or the architecture's own. Architectures with evaluation variants
     (distillation) also get a table of each variant's parameters, CPU time and metrics."""
+    from .training.inference import evaluate_checkpoint
+
     if json_path:
         from .diskio import check_output_file
 
         check_output_file(json_path, "--json")  # before minutes of evaluation, not after printing the metrics
-    from .training.inference import evaluate_checkpoint
-
     result = evaluate_checkpoint(checkpoint, data=data_source(data) if data else None, sets=sets,
                                  device=device, per_item=per_item, variants=variants, threads=threads or None)
     _print_metrics(result["metrics"], f"{result['data']} ({result['held_out']}):")
@@ -234,10 +234,11 @@ def eval_command(checkpoint, data, sets, json_path, per_item, device, variants, 
     if json_path:
         from pathlib import Path
 
+        from .checkpoint import atomic_write
         from .training.logs import json_safe
 
         text = json.dumps(json_safe(result), indent=1, default=str, allow_nan=False)
-        Path(json_path).write_text(text)
+        atomic_write(json_path, lambda tmp: Path(tmp).write_text(text))
         click.echo(f"wrote {json_path}")
 
 

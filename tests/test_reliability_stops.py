@@ -84,3 +84,64 @@ def test_a_run_stopped_by_sigterm_resumes_to_the_end(tmp_path):
                              timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((tmp_path / "run" / "state.json").read_text())["step"] == 150
+
+
+# -- several processes ------------------------------------------------------------------------------
+DDP = config(LONG, train={"steps": 400, "val_every": 0, "save_every": 5, "threads": 1}, data={"batch_size": 2})
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if text in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
+def _worker_pid(rank: int, marker: str) -> int:
+    for pid in _processes_mentioning(marker):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in environ and b"LOCAL_RANK=" + str(rank).encode() in environ:
+            return pid
+    raise AssertionError(f"no worker of rank {rank}")
+
+
+def _start_ddp(tmp_path: Path) -> subprocess.Popen:
+    proc = _start(tmp_path, DDP, "--nproc", "2")
+    _wait_for(tmp_path / "run" / "state.json", proc, timeout=400)
+    return proc
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_stop_to_the_nproc_parent_stops_every_worker_and_says_so_once(tmp_path, signum, code):
+    proc = _start_ddp(tmp_path)
+    marker = str(tmp_path / "run")
+    assert len(_processes_mentioning(marker)) >= 3  # torchrun and two workers besides the parent
+    proc.send_signal(signum)  # what a terminal's Ctrl-C or `kill` reaches: the flemme process only
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err and err.count("interrupted") == 1 and "--resume" in err
+    time.sleep(1)
+    assert _processes_mentioning(marker) == []  # no worker outlives the command
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_one_error_line_naming_its_rank(tmp_path):
+    proc = _start_ddp(tmp_path)
+    os.kill(_worker_pid(1, str(tmp_path / "run")), signal.SIGKILL)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err, err
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert lines[-1].startswith("Error: worker rank 1 was killed by SIGKILL") and "--resume" in lines[-1], err
+    assert sum(x.startswith("Error") for x in lines) == 1
+    time.sleep(1)
+    assert _processes_mentioning(str(tmp_path / "run")) == []

@@ -28,6 +28,8 @@ class ItemFacts:
     channels: int
     spacing: tuple[float, ...] = ()
     affine: np.ndarray | None = None
+    #: the file stores channels on an axis of its own (a 4D NIfTI, an RGB PNG): read as channels
+    channel_axis_in_file: bool = False
 
 
 def _fmt(shape: Sequence[int]) -> str:
@@ -37,6 +39,42 @@ def _fmt(shape: Sequence[int]) -> str:
 def check_not_empty(items: Sequence[Any], where: str, fix: str) -> None:
     if len(items) == 0:
         raise DataError(f"{where} is empty; {fix}")
+
+
+def check_finite(array: np.ndarray, name: str) -> None:
+    """NaN or Inf voxels make the loss non-finite at the first step: name the file now."""
+    array = np.asarray(array)
+    if not np.issubdtype(array.dtype, np.floating):
+        return
+    bad = ~np.isfinite(array)
+    if bad.any():
+        count = int(bad.sum())
+        nan = int(np.isnan(array).sum())
+        raise DataError(f"{name} has {count} non-finite voxel(s) ({nan} NaN, {count - nan} Inf) of {array.size}; "
+                        "fix the image (e.g. replace them by 0 or the background value)")
+
+
+def check_splits_agree(train: Sequence[ItemFacts], held_out: Sequence[ItemFacts]) -> None:
+    """Held-out items need the training items' channels and dimensions (else the final validation crashes)."""
+    if not train:
+        return
+    ref = train[0]
+    for fact in held_out:
+        if fact.channels != ref.channels:
+            raise DataError(f"held-out image {fact.name} has {fact.channels} channel(s) but the training images have "
+                            f"{ref.channels} (e.g. {ref.name}); convert it (e.g. RGB to grayscale) or remove it")
+        if len(fact.spatial) != len(ref.spatial):
+            raise DataError(f"held-out image {fact.name} is {len(fact.spatial)}D but the training images are "
+                            f"{len(ref.spatial)}D (e.g. {ref.name}); do not mix 2D and 3D images")
+
+
+def file_notes(facts: Sequence[ItemFacts]) -> list[str]:
+    """What the run header should say about how the files were read."""
+    stored = [f for f in facts if f.channel_axis_in_file and f.channels > 1]
+    if stored and len(stored) == len(facts) and len(facts[0].spatial) == 3:
+        return [(f"all {len(facts)} images are 4D: the last axis is read as {facts[0].channels} channels of a 3D "
+                 "image (not as time or a fourth spatial axis)")]
+    return []
 
 
 def check_label_values(label: np.ndarray, num_classes: int, name: str) -> None:
@@ -76,6 +114,7 @@ def check_arrays(items: Sequence[dict[str, np.ndarray]], *, dims: int, num_class
         name = f"{where} item {i}"
         label = item.get("label")
         check_pair_arrays(np.asarray(item["image"]), None if label is None else np.asarray(label), dims, name)
+        check_finite(item["image"], name)
         if label is not None and num_classes > 0:
             check_label_values(label, num_classes, name)
         facts.append(ItemFacts(name, tuple(item["image"].shape[1:]), int(item["image"].shape[0])))
@@ -97,6 +136,9 @@ def check_files(items: Sequence[dict[str, str]], *, num_classes: int, check_valu
         affine = np.asarray(image.affine, dtype=np.float64)
         spacing = tuple(float(np.linalg.norm(affine[:dims, k])) for k in range(dims))
         fact = ItemFacts(img_path.name, tuple(int(s) for s in image.shape[1:]), int(image.shape[0]), spacing, affine)
+        meta = getattr(image, "meta", {}) or {}
+        fact.channel_axis_in_file = meta.get("original_channel_dim", "no_channel") not in ("no_channel", None)
+        check_finite(image, f"image {img_path.name}")
         if facts and fact.channels != facts[0].channels:
             raise DataError(f"image {img_path.name} has {fact.channels} channels but {facts[0].name} has "
                             f"{facts[0].channels}; all images of a dataset need the same channels")
@@ -126,12 +168,22 @@ def check_files(items: Sequence[dict[str, str]], *, num_classes: int, check_valu
 def _load(loader: Any, path: Path) -> Any:
     if not path.exists():
         raise DataError(f"file {path} not found; fix the path in the datalist or folder")
+    check_regular(path)
     try:
         return loader(str(path))
     except Exception as exc:  # any reader failure is a bad-input message
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DataError(f"cannot read {path.name}: {first[:160]}; check the file, or install its reader "
                         "(pip install 'flemme-core[data]' for NRRD/DICOM)") from exc
+
+
+def check_regular(path: Path) -> None:
+    """Only regular files (or folders: DICOM series) are read: never a FIFO or a device such as /dev/zero."""
+    import stat
+
+    mode = path.stat().st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise DataError(f"{path} is not a regular file (a device, FIFO or socket); point the data at image files")
 
 
 def _spacing(affine: np.ndarray, dims: int) -> tuple[float, ...]:

@@ -100,6 +100,8 @@ class DataInfo:
     #: every deterministic step from a raw source image to the model's input
     #: (:mod:`.preprocessing`): the preset's own, then ``data.transforms``'. Stored in checkpoints.
     preprocessing: list[dict] = field(default_factory=list)
+    #: how the data was read, for the run header (4D images as channels, files outside the dataset folder)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def out_channels(self) -> int:
@@ -192,7 +194,9 @@ def build_datasets(data: Mapping[str, Any] | DataConfig, *, seed: int = 0) -> tu
         num_classes, task = splits.num_classes, splits.task
         has_label = "label" in splits.train[0]
         facts = checks.check_arrays(splits.train, dims=dims, num_classes=num_classes, where=f"{where} train")
-        checks.check_arrays(splits.held_out, dims=dims, num_classes=num_classes, where=f"{where} held-out")
+        checks.check_splits_agree(facts, checks.check_arrays(splits.held_out, dims=dims, num_classes=num_classes,
+                                                             where=f"{where} held-out"))
+        notes: list[str] = []
         train_items, val_items = splits.train, splits.held_out
         patch = cfg.patch_size or (list(splits.patch_size) if splits.patch_size else None)
         desc, spacing, class_names = splits.held_out_description, tuple(splits.spacing), list(splits.class_names)
@@ -208,9 +212,12 @@ def build_datasets(data: Mapping[str, Any] | DataConfig, *, seed: int = 0) -> tu
         name = cfg.datalist or str(cfg.images)
         if cfg.check:
             facts = checks.check_files(train_items, num_classes=num_classes, where="training")
-            checks.check_files(val_items, num_classes=num_classes, where="validation")
+            val_facts = checks.check_files(val_items, num_classes=num_classes, where="validation")
+            checks.check_splits_agree(facts, val_facts)
         else:
             facts = checks.check_files(train_items[:1], num_classes=num_classes, check_values=False)
+            val_facts = []
+        notes = checks.file_notes(facts + val_facts) + outside_notes(cfg, train_items + val_items)
         dims, patch, class_names = len(facts[0].spatial), cfg.patch_size, []
         spacing = facts[0].spacing
         section.setdefault("normalize", "zscore")
@@ -248,8 +255,22 @@ def build_datasets(data: Mapping[str, Any] | DataConfig, *, seed: int = 0) -> tu
                     num_classes=num_classes if task == "segmentation" else 0,
                     patch_size=tuple(patch) if patch else None, held_out_description=desc,
                     num_train=len(train_items), num_held_out=len(val_items), spacing=spacing,
-                    class_names=class_names, preprocessing=steps + from_transforms(parsed))
+                    class_names=class_names, preprocessing=steps + from_transforms(parsed), notes=notes)
     return train_ds, val_ds, info
+
+
+def outside_notes(cfg: DataConfig, items: list[dict]) -> list[str]:
+    """Datalist paths that leave the dataset folder are allowed (other disks) but shown resolved."""
+    from pathlib import Path
+
+    if not cfg.datalist:
+        return []
+    base = Path(cfg.base_dir if cfg.base_dir is not None else Path(cfg.datalist).parent).resolve()
+    outside = sorted({p for item in items for p in item.values() if not Path(p).is_relative_to(base)})
+    if not outside:
+        return []
+    shown = ", ".join(outside[:3]) + (f" and {len(outside) - 3} more" if len(outside) > 3 else "")
+    return [f"{len(outside)} datalist path(s) lie outside the dataset folder {base}, resolved to: {shown}"]
 
 
 def build_dataloaders(data: Mapping[str, Any] | DataConfig, *, seed: int = 0, distributed: bool = False,

@@ -68,6 +68,7 @@ def read_datalist(path: str | Path, base_dir: str | Path | None = None) -> tuple
     if not path.is_file():
         raise DataError(f"datalist {path} not found; set data.datalist to an existing JSON file")
     from ..safeload import load_json_text
+    from .checks import check_regular
 
     try:
         doc = load_json_text(path.read_text(), f"datalist {path}", DataError)  # bounded nesting
@@ -93,6 +94,7 @@ def read_datalist(path: str | Path, base_dir: str | Path | None = None) -> tuple
                 if not p.exists():
                     raise DataError(f"datalist {path}: {key}[{i}].{k} file {entry[k]} not found (looked at {p}); "
                                     "fix the path or data.base_dir")
+                check_regular(p)  # never a device or FIFO (e.g. a datalist pointing at /dev/zero)
                 item[k] = str(p.resolve())
             items.append(item)
         out.append(items)

@@ -183,6 +183,9 @@ def predict_files(checkpoint: str | Path, inputs: Sequence[str | Path], output: 
         if img.array.shape[0] != cfg.in_channels:
             raise ShapeError(f"{src} has {img.array.shape[0]} channel(s) but the model takes {cfg.in_channels}; "
                              "convert the image (e.g. to grayscale)")
+        from ..data.checks import check_finite
+
+        check_finite(img.array, str(src))  # NaN voxels would give a silent all-background prediction
         steps = _preprocessing(normalize, extra, img.array)
         if log is not None and not written:
             log(f"preprocessing ({'recorded in the checkpoint' if normalize == 'auto' else '--normalize'}): "

@@ -283,6 +283,8 @@ class Trainer:
                          f"({self.info.num_train} train / {self.info.num_held_out} held-out items): "
                          f"{self.total_steps} steps, batch {self.batch}, {self.ctx.world_size} process(es) on "
                          f"{self.device.type}; run folder {self.run_dir}")
+        for note in self.info.notes:  # how the data was read (4D images, paths outside the dataset folder)
+            progress.message(f"note: {note}")
         if record is not None:
             progress.message(f"resuming {self.run_dir} at step {self.step}/{self.total_steps}")
         order = StreamOrder(len(self.train_ds), self.cfg.seed)
@@ -460,15 +462,25 @@ class Trainer:
             prune_train_state(self.run_dir)  # finished: last/best hold the weights; nothing left to resume
         try:
             from .plots import plot_curves, plot_overlay
-
-            plot_curves(self.run_dir / "metrics.jsonl", self.run_dir / "curves.png",
-                        units=distance_units(self.info.spacing))
-            if self.example is not None:
-                plot_overlay(self.example, self.run_dir / "overlay.png", self.task,
-                             title=f"held out ({self.info.name}): step {self.step}",
-                             class_names=list(self.info.class_names))
         except ImportError:  # matplotlib missing: the numbers are still written
-            pass
+            return
+        _figure("curves.png", lambda: plot_curves(self.run_dir / "metrics.jsonl", self.run_dir / "curves.png",
+                                                  units=distance_units(self.info.spacing)))
+        if self.example is not None:
+            _figure("overlay.png", lambda: plot_overlay(self.example, self.run_dir / "overlay.png", self.task,
+                                                        title=f"held out ({self.info.name}): step {self.step}",
+                                                        class_names=list(self.info.class_names)))
+
+
+def _figure(name: str, draw: Any) -> None:
+    """Draw one figure of a finished run; a figure that cannot be drawn is skipped with a note,
+    never a failure of the run (its checkpoints and metrics are already written)."""
+    try:
+        draw()
+    except Exception as exc:  # noqa: BLE001 - e.g. a 1x1x1 held-out image: nothing to draw
+        first = (str(exc).strip().splitlines() or [""])[0][:120]
+        print(f"note: {name} not drawn ({type(exc).__name__}: {first}); the run's results are unaffected",
+              file=sys.stderr, flush=True)
 
 
 def _median(values: list[float]) -> float | None:
