@@ -40,12 +40,16 @@ def _parse_condition(value: str | None):
     return read_image(path).array
 
 
-def _grid_png(samples, path, data_range: tuple[float, float] | None) -> None:
-    """Tile the samples (2D: channel 0; 3D: the middle slice of the last axis) into one PNG."""
+def _grid_png(samples, path, data_range: tuple[float, float] | None, title: str = "", seed: int = 0) -> None:
+    """A labelled grid of the samples (2D: channel 0; 3D: the middle slice of the last axis), each
+    tile at least 1.6 inches wide and named by its index and seed, one grey scale for all (shown)."""
     import math
 
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
     import numpy as np
-    from PIL import Image
 
     from flemme_core.checkpoint import atomic_write
 
@@ -53,16 +57,27 @@ def _grid_png(samples, path, data_range: tuple[float, float] | None) -> None:
     if arr.ndim == 4:
         arr = arr[..., arr.shape[-1] // 2]
     lo, hi = data_range if data_range else (float(np.percentile(arr, 0.5)), float(np.percentile(arr, 99.5)))
-    arr = np.clip((arr - lo) / max(hi - lo, 1e-8), 0.0, 1.0)
     n, h, w = arr.shape
-    cols = math.ceil(math.sqrt(n))
+    cols = min(n, max(1, math.ceil(math.sqrt(n))))
     rows = math.ceil(n / cols)
-    canvas = np.zeros((rows * (h + 2) + 2, cols * (w + 2) + 2), dtype=np.float32)
-    for i in range(n):
-        r, c = divmod(i, cols)
-        canvas[2 + r * (h + 2): 2 + r * (h + 2) + h, 2 + c * (w + 2): 2 + c * (w + 2) + w] = arr[i]
-    image = Image.fromarray((canvas * 255).round().astype(np.uint8))
-    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+    tile = max(1.6, min(3.0, 12.0 / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * tile, rows * tile * h / max(w, 1) + 0.7), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            ax.imshow(arr[i].T, cmap="gray", vmin=lo, vmax=hi, origin="lower", interpolation="nearest")
+            ax.set_title(f"#{i} (seed {seed + i})", fontsize=9)
+    scale = f"grey scale {lo:.3g}..{hi:.3g}" + (" (model range)" if data_range else " (0.5-99.5th percentiles)")
+    fig.suptitle(f"{title}\n{scale}" if title else scale, fontsize=10)
+    fig.tight_layout()
+
+    def save(tmp: str) -> None:
+        fig.savefig(tmp, format="png", dpi=100)
+
+    try:
+        atomic_write(path, save)
+    finally:
+        plt.close(fig)
 
 
 def _write_arrays(samples, out, fmt: str, stem: str = "sample") -> list[str]:
@@ -134,6 +149,7 @@ def sample(ctx: click.Context, checkpoint: str, n: int, sampler: str | None, ste
 def _run(checkpoint: str, n: int, sampler: str | None, steps: int | None, seed: int, condition: str | None,
          guidance: float | None, fmt: str, out_dir: str, threads: int | None, progress: bool) -> None:
     import json
+    import sys
     import time
     from pathlib import Path
 
@@ -156,8 +172,11 @@ def _run(checkpoint: str, n: int, sampler: str | None, steps: int | None, seed: 
     cond = _parse_condition(condition)
     model.eval()
     start = time.perf_counter()
+    bar = progress and sys.stderr.isatty()  # a bar on a terminal; plain lines in a log (no \r fragments)
+    if progress and not bar:
+        click.echo(f"sampling {n} x {list(model.config.image_size)} with {model.config.arch} ...", err=True)
     samples = model.sample(n, sampler=sampler, steps=steps, seed=seed, condition=cond, guidance=guidance,
-                           progress=progress)
+                           progress=bar)
     elapsed = time.perf_counter() - start
     array = samples.detach().cpu().float().numpy()
     out = Path(out_dir)
@@ -168,7 +187,8 @@ def _run(checkpoint: str, n: int, sampler: str | None, steps: int | None, seed: 
         # Several samples for one input image (sdm): their mean and spread (an uncertainty map).
         names += _write_arrays(array.mean(axis=0, keepdims=True), out, fmt, "ensemble_mean")
         names += _write_arrays(array.std(axis=0, keepdims=True), out, fmt, "ensemble_std")
-    _grid_png(array, out / "grid.png", data_range)
+    _grid_png(array, out / "grid.png", data_range, seed=seed,
+              title=f"{model.config.arch}: {n} samples, sampler {sampler or 'default'}, steps {steps or 'default'}")
     record = {"checkpoint": str(checkpoint), "arch": model.config.arch, "n": n, "sampler": sampler,
               "steps": steps, "seed": seed, "condition": condition, "guidance": guidance,
               "shape": list(array.shape), "seconds": round(elapsed, 3), "files": names + ["grid.png"]}

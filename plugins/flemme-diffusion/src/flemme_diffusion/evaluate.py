@@ -39,9 +39,20 @@ def stack_images(items: Sequence[Any], key: str = "image") -> torch.Tensor:
     return torch.stack(out)
 
 
-def draw(model: Any, n: int, seed: int = 0, chunk: int = 64, **kwargs: Any) -> torch.Tensor:
-    """``n`` samples in chunks; sample ``i`` still starts from ``seed + i``."""
-    parts = [model.sample(min(chunk, n - start), seed=seed + start, **kwargs) for start in range(0, n, chunk)]
+def draw(model: Any, n: int, seed: int = 0, chunk: int = 64, report: bool = True, **kwargs: Any) -> torch.Tensor:
+    """``n`` samples in chunks; sample ``i`` still starts from ``seed + i``. With ``report`` a
+    progress line per chunk goes to stderr (``flemme eval`` of a generator runs for minutes)."""
+    import sys
+
+    parts = []
+    start_time = time.perf_counter()
+    for start in range(0, n, chunk):
+        parts.append(model.sample(min(chunk, n - start), seed=seed + start, **kwargs))
+        if report:
+            done = start + len(parts[-1])
+            elapsed = time.perf_counter() - start_time
+            print(f"sampled {done}/{n} for the generation metrics ({elapsed:.0f} s, eta "
+                  f"{elapsed / done * (n - done):.0f} s)", file=sys.stderr, flush=True)
     return torch.cat(parts).cpu().float()
 
 
