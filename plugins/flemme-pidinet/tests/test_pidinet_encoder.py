@@ -171,8 +171,24 @@ def test_3d_and_context_are_one_line_refusals():
     cfg = model_config_from_dict({"arch": "unet", "image_size": 32, "encoder": TINY})
     with pytest.raises(ConfigError, match="'pidinet' cannot inject one into its blocks"):
         _encoder_builder(cfg)(context_dim=8)
-    with pytest.raises(ConfigError, match="no stochastic depth"):
-        build_model({"arch": "unet", "image_size": 32, "encoder": {**TINY, "drop_path": 0.1}})
+    for key, value in (("norm", "batch"), ("act", "gelu"), ("dropout", 0.1), ("drop_path", 0.1)):
+        with pytest.raises(ConfigError, match=f"model.encoder.{key}: {value} is not pidinet's"):
+            build_model({"arch": "unet", "image_size": 32, "encoder": {**TINY, key: value}})
+
+
+def test_conformance_kit():
+    """flemme_core.testing's checks for any family: the contract, common keys, save/load, unet and ae."""
+    from flemme_core.testing import check_family
+
+    check_family("pidinet", archs=["unet", "ae"])
+
+
+@pytest.mark.slow
+def test_conformance_kit_every_installed_architecture():
+    """Those needing a context vector (ddpm, edm, sdm) must refuse it in one line."""
+    from flemme_core.testing import check_family
+
+    check_family("pidinet")
 
 
 def test_checkpoint_round_trip_without_the_weights_file(tmp_path):

@@ -2,8 +2,10 @@
 
 A decoder stage is a sequence of PiDiNet residual blocks (depthwise pixel-difference conv ->
 ReLU -> 1×1 conv, plus the input), cycling through the configuration's ops, each optionally
-followed by the family's norm, dropout and the context injection (its ``act`` replaces ReLU); down-sampling is PiDiNet's max-pool
-with a 1×1 projection, up-sampling a transposed convolution. 2D only.
+followed by the context injection; down-sampling is PiDiNet's max-pool with a 1×1
+projection, up-sampling a transposed convolution. 2D only. Like the published network the
+blocks have no normalisation, ReLU, no dropout: other ``norm``/``act``/``dropout``/
+``drop_path`` values are refused rather than ignored.
 """
 
 from __future__ import annotations
@@ -23,20 +25,15 @@ from .options import PiDiNetOptions, decoder_ops
 
 
 class DecoderBlock(nn.Module):
-    """A PiDiNet residual block (its ReLU replaced by the family's ``act``), then [norm],
-    [dropout], [context injection]."""
+    """A PiDiNet residual block, then [context injection]."""
 
-    def __init__(self, op: str, in_channels: int, out_channels: int, norm: str, act: str, dropout: float,
-                 context_dim: int | None):
+    def __init__(self, op: str, in_channels: int, out_channels: int, context_dim: int | None):
         super().__init__()
         self.block = PDCBlock(op, in_channels, out_channels)
-        self.block.relu2 = layers.act(act)
-        self.norm = layers.norm(norm, 2, out_channels)
-        self.drop = nn.Dropout(dropout) if dropout else nn.Identity()
         self.context = ContextInjection(context_dim, out_channels) if context_dim else None
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.drop(self.norm(self.block(x)))
+        x = self.block(x)
         return x if self.context is None else self.context(x, context)
 
 
@@ -49,9 +46,12 @@ class PiDiNetFamily(BlockFamily):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        if cfg.drop_path:
-            raise ConfigError("model.encoder.drop_path: pidinet blocks have no stochastic depth; remove it "
-                              "(dropout applies to the decoder blocks)")
+        fixed = {"norm": (cfg.norm, (None, "none")), "act": (cfg.act, (None, "relu")),
+                 "dropout": (cfg.dropout, (0.0,)), "drop_path": (cfg.drop_path, (0.0,))}
+        for key, (value, allowed) in fixed.items():
+            if value not in allowed:
+                raise ConfigError(f"model.encoder.{key}: {value} is not pidinet's; the published network (and its "
+                                  f"decoder blocks) has no normalisation, ReLU, no dropout or drop-path: remove it")
 
     def stem(self, in_channels: int, out_channels: int, patch_size: int) -> nn.Module | None:
         return None
@@ -61,7 +61,7 @@ class PiDiNetFamily(BlockFamily):
         ops = decoder_ops(self.options.pdcs)
         return ContextSequential(*[
             DecoderBlock(ops[i % len(ops)], in_channels if i == 0 else out_channels, out_channels,
-                         self.cfg.norm, self.cfg.act, self.cfg.dropout, self.cfg.context_dim)
+                         self.cfg.context_dim)
             for i in range(num_blocks)])
 
     def down(self, in_channels: int, out_channels: int, factor: int = 2) -> nn.Module:
