@@ -173,6 +173,8 @@ def check_architectures(family: str, archs: Sequence[str] | None = None, dims: S
             try:
                 model = _model(family, arch, d, _arch_options(component, family))
             except (ConfigError, ShapeError) as exc:
+                if "supports_context is False" in str(exc):
+                    continue  # the family declares it cannot condition its blocks; this architecture needs it
                 raise _fail(family, where, f"does not build: {exc}") from exc
             x = _input(d)
             batch = {"image": x, "label": _target(model, x)}
@@ -207,7 +209,14 @@ def check_context(family: str, dims: Sequence[int] | None = None) -> None:
     for d in dims or family_dims(family):
         probe = _encoder(family, d)
         if not getattr(probe, "supports_context", True):
-            return  # declared: building it with a context is refused by the builder instead
+            # declared: building it with a context is refused by the builder, in one line
+            try:
+                _encoder(family, d, context_dim=8)
+            except ConfigError as exc:
+                if "\n" not in str(exc):
+                    return
+            raise _fail(family, "the context rule", "it declares supports_context = False, so building it with a "
+                        "context vector must be refused in one ConfigError line")
         enc = _encoder(family, d, context_dim=8).eval()
         x = _input(d)
         with torch.no_grad():

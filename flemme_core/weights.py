@@ -188,7 +188,11 @@ def read_torch_weights(path: str | Path) -> dict[str, torch.Tensor]:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        what = f"it stores the Python object {found.group(1)}" if found else _first_line(exc)[:120]
+        if not found:
+            reason = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(exc))
+            raise CheckpointError(f"{str(path)!r} is not a readable torch weights file: "
+                                  f"{(reason.group(1) if reason else _first_line(exc))[:160]}") from None
+        what = f"it stores the Python object {found.group(1)}"
         raise CheckpointError(
             f"{str(path)!r} needs full unpickling ({what}, not only tensors); flemme reads .pth files only with "
             f"torch.load(weights_only=True): re-save its state dict alone (torch.save(sd, ...)) in a session "

@@ -13,9 +13,6 @@ from flemme_core.testing import check_architectures, check_context, check_contra
 
 FAMILIES = sorted(get_registry().components("encoder"))
 
-
-def family_dims(family: str) -> list[int]:
-    return list(get_registry().components("encoder")[family].metadata.get("dims", [2, 3]))
 CORE_ARCHS = ["unet", "ae"]
 
 

@@ -58,3 +58,13 @@ def test_checkpoint_round_trip_needs_no_weight_files(tmp_path):
     x = torch.rand(1, 1, 32, 32)
     with torch.no_grad():
         assert torch.equal(model(x), again(x))
+
+
+@pytest.mark.parametrize("family", ["timm", "sam", "clip"])
+def test_conformance_kit(family):
+    """flemme_core.testing's whole kit: every installed architecture (2D: the families declare dims=[2],
+    3D is refused in one line), the contract, context refused (supports_context False), common keys
+    (norm/act/dropout reach the cnn decoder), save/load."""
+    from flemme_core.testing import check_family
+
+    check_family(family)

@@ -92,6 +92,9 @@ class ClipEncoder(PretrainedEncoder):
     Options = ClipOptions
 
     def build_backbone(self, cfg: EncoderConfig, opts: ClipOptions):  # type: ignore[override]
+        if cfg.drop_path:
+            raise ConfigError("model.encoder.drop_path: transformers' CLIP vision tower has no stochastic depth; "
+                              "leave drop_path unset (dropout drops its output features)")
         from transformers import CLIPVisionConfig, CLIPVisionModel
 
         given, preprocessor, state = dict(opts.config or {}), {}, None

@@ -17,7 +17,9 @@ def register_encoders(register) -> None:
     register("timm", "flemme_timm.timm_family:encoder",
              "any timm model's features_only pyramid (model: resnet34, convnext_tiny, tiny_vit_5m_224 = "
              f"MobileSAM's TinyViT, ...; out_indices; model_args) in timm's weight format; {_COMMON}",
-             example={"model": "resnet10t", "channels": None}, dims=[2])
+             # zero_init_last: false, so that drop_path acts on a random ResNet (timm zeroes its residual branches)
+             example={"model": "resnet10t", "out_indices": [0, 1, 2, 3], "model_args": {"zero_init_last": False},
+                      "channels": None}, dims=[2])
     register("sam", "flemme_timm.sam:encoder",
              "SAM/MedSAM ViT image encoder (timm samvit) from the ORIGINAL checkpoint (image_encoder.* keys), "
              "[256, H/16] after SAM's neck; variant: vit_b|vit_l|vit_h; position tables resized to the input; "

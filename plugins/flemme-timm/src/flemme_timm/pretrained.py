@@ -14,7 +14,9 @@ that is run as published.
   pyramid (transposed convolutions up, max-pooling down; trainable), for architectures that
   need several levels (``hunet``) from a single-scale network (SAM, CLIP);
 * decoder blocks from a registered staged family (``decoder``, default ``cnn``) with the
-  common keys (``num_blocks``, ``norm``, ``act``) going to it;
+  common keys ``num_blocks``, ``norm``, ``act`` and ``dropout`` going to it (the network's own
+  norms and activations are fixed); ``dropout`` also drops the encoder's output features, and
+  ``drop_path`` is the network's stochastic depth where it has one (timm's ``drop_path_rate``);
 * the declared capabilities: 2D only (refused in one line for 3D) and
   ``supports_context = False`` (a published network has no context injection).
 """
@@ -157,13 +159,14 @@ class PretrainedEncoder(Encoder):
         self.register_buffer("std", torch.tensor(adapt_constants(opts.std or std, c)).view(1, c, 1, 1), False)
         self.frozen = bool(opts.freeze)
         self.lora_layers = freeze_with_lora(self.backbone, self.frozen, opts.lora)
+        self.feature_dropout = nn.Dropout(cfg.dropout) if cfg.dropout else None
         self.pyramid = None
         if opts.pyramid is not None:
             self.pyramid = SimplePyramid(channels[-1], strides[-1], opts.pyramid)
             channels, strides = self.pyramid.channels, list(opts.pyramid)
         self.feature_channels, self.feature_strides = list(channels), list(strides)
         spec = dict(opts.decoder) if isinstance(opts.decoder, Mapping) else {"name": opts.decoder}
-        for key in ("num_blocks", "norm", "act", "dropout", "drop_path"):
+        for key in ("num_blocks", "norm", "act", "dropout"):
             if getattr(cfg, key) not in (None, 0.0):
                 spec.setdefault(key, getattr(cfg, key))
         self.blocks = registered_block_family(spec, cfg)
@@ -200,7 +203,15 @@ class PretrainedEncoder(Encoder):
             feats = self.features(x)
         if self.pyramid is not None:
             feats = self.pyramid(feats[-1])
+        if self.feature_dropout is not None:
+            feats = [self.feature_dropout(f) for f in feats]
         return feats
+
+    def extra_repr(self) -> str:
+        """The decoder blocks the common keys chose (they are built by the architecture, not here)."""
+        fam = self.blocks.cfg
+        return (f"decoder blocks: {fam.name} (num_blocks={fam.num_blocks}, norm={fam.norm}, act={fam.act}, "
+                f"dropout={fam.dropout}, options={fam.options})")
 
     def components(self) -> list[tuple[str, str]]:
         """The decoder's family is a registered component too (checkpoints record its plugin)."""

@@ -93,7 +93,7 @@ class SamEncoder(PretrainedEncoder):
         model = timm.create_model(
             variant["timm"], pretrained=False, num_classes=0, in_chans=cfg.in_channels, img_size=native,
             patch_size=opts.patch, window_size=opts.window_size, neck_chans=opts.neck_channels,
-            norm_layer=functools.partial(nn.LayerNorm, eps=1e-6), **arch)
+            norm_layer=functools.partial(nn.LayerNorm, eps=1e-6), drop_path_rate=cfg.drop_path, **arch)
         if state is not None:
             if "patch_embed.proj.weight" in state:
                 state["patch_embed.proj.weight"] = adapt_input_weight(state["patch_embed.proj.weight"], cfg.in_channels)

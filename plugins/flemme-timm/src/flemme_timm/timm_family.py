@@ -70,6 +70,8 @@ class TimmEncoder(PretrainedEncoder):
         kwargs: dict[str, Any] = {"features_only": True, "in_chans": cfg.in_channels, **args}
         if opts.out_indices is not None:
             kwargs["out_indices"] = tuple(opts.out_indices)
+        if cfg.drop_path:
+            kwargs["drop_path_rate"] = cfg.drop_path  # the model's own stochastic depth (TypeError if it has none)
         if opts.weights:
             state = read_weights(opts.weights)
             native = {k: v for k, v in opts.model_args.items()}  # the file is the model at its own size
