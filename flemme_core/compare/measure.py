@@ -88,7 +88,7 @@ def measure(cell_dir: Path, spec: dict[str, Any], summary: dict[str, Any]) -> di
     from ..training.sampling import collate
 
     checkpoint = cell_dir / "last.safetensors"  # the final model: best.safetensors is chosen on held-out data
-    ev = evaluate_checkpoint(checkpoint, per_item=True, variants=False, device="cpu")
+    ev = evaluate_checkpoint(checkpoint, per_item=True, variants=False, device=spec["run"]["train"].get("device", "auto"))
     from ..checkpoint import load_model
 
     model = load_model(checkpoint, map_location="cpu").eval()
