@@ -41,6 +41,19 @@ def register_architectures(register) -> None:
     Architecture`` where ``build_encoder(**overrides) -> Encoder`` builds the configured
     encoder family (overrides: ``in_channels``, ``image_size``, ``context_dim`` or a whole
     ``encoder`` config). An architecture never names an encoder family.
+
+    Metadata:
+
+    * ``task="segmentation" | "reconstruction" | "generation"`` (default losses and metrics);
+    * ``encoder=False``: a whole network that takes no encoder family (MONAI's UNet from
+      flemme-monai, or yours). The factory is then called with ``build_encoder=None``,
+      ``config.encoder`` is ``None`` (stored so in checkpoints), ``Architecture.encoder`` is
+      ``None``, and a config or ``--encoder`` naming an encoder for it is a one-line error. Its
+      sizes go in ``model.arch_options`` (its ``Options`` dataclass); ``summary_extra()`` may
+      return ``network`` (one line saying what was built) and ``total_stride``;
+    * ``widths="key"``: the ``arch_options`` key holding the widths (a list, or one number) that
+      scale the network, for ``flemme compare``'s ``match: params``; ``width_multiple=N`` if
+      they must stay multiples of N.
     """
 
 
