@@ -9,38 +9,18 @@ from __future__ import annotations
 import json
 import textwrap
 import time
-from importlib.metadata import EntryPoint
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
+from reliability_helpers import FakeDist, one_error, quick, run
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from train_helpers import TINY_2D, config, write_config
+from train_helpers import write_config
 
 from flemme_core import registry
-from flemme_core.cli import main
 
-QUICK = config(TINY_2D, model={"arch": "unet", "encoder": {"name": "tiny", "channels": [4, 8]}},
-               train={"steps": 1, "val_every": 0},
-               data={"options": {"num_train": 2, "num_held_out": 1, "size": [32, 32]}, "patch_size": [32, 32],
-                     "batch_size": 2})
-
-
-def run(*args: str):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def one_error(result, *needles: str) -> str:
-    assert result.exit_code != 0, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    lines = [x for x in result.stderr.splitlines() if x.strip()]  # notes and progress may come first
-    assert "Traceback" not in result.output and lines and lines[-1].startswith("Error: "), result.output
-    assert sum(x.startswith("Error") for x in lines) == 1, result.output
-    for needle in needles:
-        assert needle in lines[-1], lines[-1]
-    return lines[-1]
+QUICK = quick()
 
 
 @pytest.fixture(scope="module")
@@ -148,13 +128,6 @@ def test_config_sections_of_the_wrong_type_are_one_line(tmp_path, section, value
 
 
 # -- missing, disabled and claimed plugins ----------------------------------------------------
-class FakeDist:
-    def __init__(self, name: str, version: str, entry_points: dict[str, str]):
-        self.metadata = {"Name": name}
-        self.version = version
-        self.entry_points = [EntryPoint(ep, value, "flemme") for ep, value in entry_points.items()]
-
-
 @pytest.fixture
 def toy_dist(tmp_path, monkeypatch):
     """An installed (fake) distribution flemme-toyenc registering encoder 'toyenc'."""

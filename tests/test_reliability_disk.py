@@ -16,32 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import safetensors.torch
-from click.testing import CliRunner
 from PIL import Image
+from reliability_helpers import one_error, quick, run
 from safetensors.torch import load_file
-from train_helpers import TINY_2D, config, write_config
+from train_helpers import write_config
 
-from flemme_core.cli import main
-
-QUICK = config(TINY_2D, model={"arch": "unet", "encoder": {"name": "tiny", "channels": [4, 8]}},
-               train={"steps": 4, "val_every": 0, "save_every": 1},
-               data={"options": {"num_train": 2, "num_held_out": 1, "size": [32, 32]}, "patch_size": [32, 32],
-                     "batch_size": 2})
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def one_error(result, *needles: str) -> str:
-    assert result.exit_code != 0, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    lines = [x for x in result.stderr.splitlines() if x.strip()]  # notes and progress may come first
-    assert "Traceback" not in result.output and lines and lines[-1].startswith("Error: "), result.output
-    assert sum(x.startswith("Error") for x in lines) == 1, result.output
-    for needle in needles:
-        assert needle in lines[-1], lines[-1]
-    return lines[-1]
+QUICK = quick(steps=4, save_every=1)
 
 
 @pytest.fixture

@@ -8,25 +8,14 @@ from __future__ import annotations
 
 import json
 import textwrap
-from importlib.metadata import EntryPoint
 
 import pytest
-from click.testing import CliRunner
-from train_helpers import TINY_2D, config, write_config
+from reliability_helpers import FakeDist, quick, run
+from train_helpers import write_config
 
 from flemme_core import registry
-from flemme_core.cli import main
 
-QUICK = config(TINY_2D, model={"arch": "unet", "encoder": {"name": "tiny", "channels": [4, 8]}},
-               train={"steps": 1, "val_every": 0},
-               data={"options": {"num_train": 2, "num_held_out": 1, "size": [32, 32]}, "patch_size": [32, 32]})
-
-
-class FakeDist:
-    def __init__(self, name: str, version: str, entry_points: dict[str, str]):
-        self.metadata = {"Name": name}
-        self.version = version
-        self.entry_points = [EntryPoint(ep, value, "flemme") for ep, value in entry_points.items()]
+QUICK = quick()
 
 
 @pytest.fixture
@@ -45,10 +34,6 @@ def with_plugins(tmp_path, monkeypatch):
     yield install
     monkeypatch.undo()
     registry.reset_registry()
-
-
-def run(*args: str):
-    return CliRunner().invoke(main, list(args))
 
 
 EXITING_MODULE = "import sys\nsys.exit(3)\n"
