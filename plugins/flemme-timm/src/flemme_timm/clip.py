@@ -25,9 +25,9 @@ import torch
 
 from flemme_core.config import EncoderConfig
 from flemme_core.errors import CheckpointError, ConfigError, unknown_name_message
-from flemme_core.weights import read_weights
+from flemme_core.weights import adapt_input_weight, load_into, read_weights
 
-from .pretrained import PretrainedEncoder, PretrainedOptions, adapt_input_weight, check_loaded
+from .pretrained import PretrainedEncoder, PretrainedOptions
 
 OPENAI_MEAN, OPENAI_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 PATCH_KEY = "embeddings.patch_embedding.weight"
@@ -122,8 +122,8 @@ class ClipEncoder(PretrainedEncoder):
             patch_key = f"vision_model.{PATCH_KEY}" if prefixed else PATCH_KEY
             if patch_key in state:
                 state[patch_key] = adapt_input_weight(state[patch_key], cfg.in_channels)
-            check_loaded(model, state, f"{opts.weights!r} as a CLIP vision tower",
-                         "give a CLIP/PLIP Hugging Face folder whose config.json matches its weights")
+            load_into(model, state, f"{opts.weights!r} as a CLIP vision tower",
+                      hint="give a CLIP/PLIP Hugging Face folder whose config.json matches its weights")
         # The pooled output's norm is loaded (it is in every CLIP file) but the patch tokens never use it:
         # no gradient, so trainers and DDP see no unused trainable parameters.
         for p in model.vision_model.post_layernorm.parameters() if hasattr(model, "vision_model") \

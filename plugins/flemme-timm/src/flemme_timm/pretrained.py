@@ -6,7 +6,8 @@ that is run as published.
 * the model's own input normalisation (``normalize``; ``mean``/``std`` override it): images
   are expected in [0, 1], as the network was trained;
 * 1-channel (or any C-channel) input on 3-channel weights by smp's/timm's rule: the RGB
-  filters of the first convolution summed for 1 channel (:func:`adapt_input_weight`), the
+  filters of the first convolution summed for 1 channel
+  (:func:`flemme_core.weights.adapt_input_weight`), the
   normalisation constants averaged to match;
 * ``freeze`` (no gradient, statistics kept: eval mode) and ``lora`` (core adapters, e.g.
   ``{rank: 4, targets: [qv]}``: MMFD's LoRA on SAM's attention q and v);
@@ -33,9 +34,8 @@ from torch import nn
 
 from flemme_core.config import EncoderConfig, parse_options
 from flemme_core.encoder import Encoder, registered_block_family
-from flemme_core.errors import CheckpointError, ConfigError, ShapeError
+from flemme_core.errors import ConfigError, ShapeError
 from flemme_core.lora import LoRAOptions, freeze_with_lora
-from flemme_core.weights import compare_state
 
 #: keys of a family config that only say where the initial weights come from.
 FILE_KEYS = ("weights",)
@@ -69,37 +69,12 @@ class PretrainedOptions:
             self.pyramid = sorted(set(self.pyramid))
 
 
-def adapt_input_weight(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
-    """A first convolution's RGB weight for ``in_channels`` inputs (smp's and timm's rule): summed
-    over RGB for 1 channel, kept for 3, else cycled and scaled by 3 / C."""
-    if weight.shape[1] == in_channels:
-        return weight
-    if weight.shape[1] != 3:
-        raise CheckpointError(f"the first convolution takes {weight.shape[1]} channels; only RGB weights are adapted "
-                              f"to {in_channels} input channels")
-    if in_channels == 1:
-        return weight.sum(dim=1, keepdim=True)
-    repeat = math.ceil(in_channels / 3)
-    return weight.repeat(1, repeat, *[1] * (weight.dim() - 2))[:, :in_channels] * (3 / in_channels)
-
-
 def adapt_constants(values: Sequence[float], in_channels: int) -> list[float]:
-    """Per-channel normalisation constants matching :func:`adapt_input_weight`."""
+    """Per-channel normalisation constants matching :func:`flemme_core.weights.adapt_input_weight`."""
     values = [float(v) for v in values]
     if in_channels == 1:
         return [sum(values) / len(values)]
     return [values[i % len(values)] for i in range(in_channels)]
-
-
-def check_loaded(module: nn.Module, state: Mapping[str, torch.Tensor], source: str, hint: str) -> None:
-    """Zero missing, unexpected and shape-mismatched keys, or one line naming the first ones."""
-    report = compare_state(module, state, source)
-    if not report.ok:
-        raise CheckpointError(f"weights do not fit: {report.summary()}; {hint}")
-    with torch.no_grad():
-        own = module.state_dict()
-        for key in report.loaded:
-            own[key].copy_(state[key])
 
 
 class SimplePyramid(nn.Module):

@@ -25,9 +25,9 @@ from torch import nn
 
 from flemme_core.config import EncoderConfig, choice
 from flemme_core.errors import ConfigError
-from flemme_core.weights import read_weights
+from flemme_core.weights import adapt_input_weight, load_into, read_weights
 
-from .pretrained import PretrainedEncoder, PretrainedOptions, adapt_input_weight, check_loaded
+from .pretrained import PretrainedEncoder, PretrainedOptions
 from .timm_import import import_timm
 
 #: SAM's published image encoders (segment_anything.build_sam), as timm names them.
@@ -97,9 +97,9 @@ class SamEncoder(PretrainedEncoder):
         if state is not None:
             if "patch_embed.proj.weight" in state:
                 state["patch_embed.proj.weight"] = adapt_input_weight(state["patch_embed.proj.weight"], cfg.in_channels)
-            check_loaded(model, state, f"{opts.weights!r} as SAM {opts.variant}",
-                         "give SAM's/MedSAM's original checkpoint (image_encoder.* keys) of this variant, "
-                         "or set variant/embed_dim/depth to the checkpoint's")
+            load_into(model, state, f"{opts.weights!r} as SAM {opts.variant}",
+                      hint="give SAM's/MedSAM's original checkpoint (image_encoder.* keys) of this variant, "
+                           "or set variant/embed_dim/depth to the checkpoint's")
         self.backend = f"timm {timm.__version__}: {variant['timm']} (SAM {opts.variant}, native {native})"
         return model, [opts.neck_channels], [opts.patch], (SAM_MEAN, SAM_STD)
 
