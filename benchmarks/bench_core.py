@@ -46,28 +46,19 @@ def _monai(kind: str, dims: int):
 
 
 def worker(kind: str, case: str, steps: int, threads: int) -> dict:
-    import resource
 
     import torch
 
-    torch.set_num_threads(threads)
+    from flemme_core.training.profiling import count_parameters, timed_training_steps
+
     torch.manual_seed(0)
     dims, size, batch = CASES[case]
     model = _flemme(kind, dims) if kind.startswith("flemme") else _monai(kind, dims)
-    opt = torch.optim.AdamW(model.parameters(), 1e-3)
-    x = torch.randn(batch, 1, *[size] * dims)
-    y = torch.randint(0, 2, (batch, *[size] * dims))
-    times = []
-    for i in range(steps + 1):
-        t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        if i:  # the first step warms up allocators and kernels
-            times.append(time.perf_counter() - t0)
-    return {"time": statistics.median(times), "params": sum(p.numel() for p in model.parameters()),
-            "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    data = {"image": torch.randn(batch, 1, *[size] * dims), "label": torch.randint(0, 2, (batch, *[size] * dims))}
+    # the same loss for both sides (cross-entropy on the same labels); the first step warms up
+    t = timed_training_steps(model, data, criterion=torch.nn.functional.cross_entropy, steps=steps, warmup=1,
+                             threads=threads)
+    return {"time": t.median_wall, "params": count_parameters(model), "rss_mb": t.peak_rss_mb}
 
 
 def startup(args: list[str], repeats: int = 5) -> float:

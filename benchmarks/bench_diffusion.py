@@ -70,26 +70,13 @@ def stack(ds, key: str = "image") -> torch.Tensor:
 
 
 def train_for(model, batches, budget: float, lr: float = 1e-3, warmup: int = 100, log_every: int = 100):
-    """AdamW + linear warm-up + grad clipping until ``budget`` CPU seconds are used; returns stats."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    model.train()
-    start_cpu, start_wall, step, last = time.process_time(), time.perf_counter(), 0, float("nan")
-    while time.process_time() - start_cpu < budget:
-        for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / warmup)
-        loss, _ = model.training_loss(batches(step), torch.nn.MSELoss())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        step += 1
-        last = float(loss.detach())
-        if step % log_every == 0:
-            log(f"    step {step} loss {last:.4f} cpu {time.process_time() - start_cpu:.0f}s")
-    cpu, wall = time.process_time() - start_cpu, time.perf_counter() - start_wall
-    return {"steps": step, "cpu_s": cpu, "wall_s": wall, "cpu_s_per_step": cpu / max(step, 1),
-            "final_loss": last}
+    """AdamW + linear warm-up + grad clipping until ``budget`` CPU seconds are used; returns stats
+    (flemme_core.training.profiling.fit_in_memory, one stage)."""
+    from flemme_core.training.profiling import fit_in_memory
+
+    report = fit_in_memory(model, batches, cpu_budget_s=budget, lr=lr, warmup=warmup, weight_decay=0.0,
+                           criterion=torch.nn.MSELoss(), log=log, log_every=log_every)
+    return next(iter(report.values()))
 
 
 def image_batches(images: torch.Tensor, batch: int, seed: int):
@@ -282,9 +269,8 @@ def run_recon(budget: float, seed: int, ensemble: int, steps: int, grids: Path |
 
 def nearest_pairs_png(samples: torch.Tensor, train_x: torch.Tensor, path: Path, k: int = 8) -> None:
     """Each of the first ``k`` samples beside its nearest training slice (the memorisation ratio's)."""
-    from flemme_diffusion.metrics import nearest_training
-
     from flemme_diffusion.cli_sample import _grid_png
+    from flemme_diffusion.metrics import nearest_training
 
     _, nearest = nearest_training(samples[:k], train_x)
     tiles = torch.stack([samples[:k].float(), train_x[nearest].float()], 1).flatten(0, 1)  # sample, its nearest

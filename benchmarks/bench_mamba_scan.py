@@ -156,21 +156,17 @@ def run_train(family: str, dims: int, size: int, batch: int, steps: int, width: 
     encoder = {"name": "mamba", "ssm": "mamba2"} if family == "mamba2" else {"name": family}
     model = build_model({"arch": "unet", "dims": dims, "image_size": size, "in_channels": 1, "out_channels": 2,
                          "encoder": {**encoder, "channels": channels}})
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randn(batch, 1, *[size] * dims)
-    y = torch.randint(0, 2, (batch, 1, *[size] * dims)).float()
-    times = []
+    from flemme_core.training.profiling import count_parameters, timed_training_steps
+
+    data = {"image": torch.randn(batch, 1, *[size] * dims),
+            "label": torch.randint(0, 2, (batch, 1, *[size] * dims)).float()}
+
+    def bce(out, y):
+        return torch.nn.functional.binary_cross_entropy_with_logits(out[:, :1], y)
+
     base = _rss_mb()
-    for i in range(steps + 1):
-        t0 = time.perf_counter()
-        out = model(x)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(out[:, :1], y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if i:
-            times.append(time.perf_counter() - t0)
-    return {"step": sorted(times)[len(times) // 2], "params": sum(p.numel() for p in model.parameters()),
+    t = timed_training_steps(model, data, criterion=bce, steps=steps, warmup=1, lr=1e-4)
+    return {"step": t.median_wall, "params": count_parameters(model),
             "channels": channels, "backend": getattr(model.encoder, "backend", ""), "peak_mb": _peak_mb() - base}
 
 

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +33,6 @@ from flemme_mmfd.report import format_report, measure
 
 from flemme_core import build_model, save_model
 from flemme_core.data import load_preset
-from flemme_core.losses import build_loss
 
 BRANCHES = {
     "cnn": {"name": "cnn", "channels": [16, 32, 64, 128]},
@@ -67,31 +64,15 @@ def sampler(items: list[dict], patch: int, batch: int, seed: int):
 
 def fit(model, batches, steps: dict[str, int], lr: float, stage_lr: dict[str, float] | None = None,
         log_every: int = 50) -> dict[str, float]:
-    """For each stage: begin_stage, AdamW on what requires grad, cosine decay; returns seconds per stage.
-    ``stage_lr`` overrides ``lr`` per stage (a teacher that starts from a trained branch is fine-tuned)."""
-    criterion = build_loss(model.default_loss, model.config.out_channels, model.config.dims)
-    seconds = {}
-    for stage in model.training_stages():
-        model.begin_stage(stage)
-        params = [p for p in model.parameters() if p.requires_grad]
-        base = (stage_lr or {}).get(stage, lr)
-        opt = torch.optim.AdamW(params, lr=base, weight_decay=1e-4)
-        n = steps.get(stage, steps.get("main", 0))
-        model.train()
-        start = time.perf_counter()
-        for step in range(n):
-            for group in opt.param_groups:
-                group["lr"] = base * 0.5 * (1 + math.cos(math.pi * step / max(n, 1)))
-            loss, logs = model.training_loss(next(batches), criterion)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            if (step + 1) % log_every == 0 or step == n - 1:
-                extra = " ".join(f"{k}={v:.4f}" for k, v in logs.items())
-                print(f"  [{stage}] step {step + 1}/{n} loss={float(loss):.4f} {extra}", flush=True)
-        seconds[stage] = time.perf_counter() - start
-    return seconds
+    """For each stage: begin_stage, AdamW on what requires grad, cosine decay, clipping
+    (flemme_core.training.profiling.fit_in_memory); returns seconds per stage. ``stage_lr``
+    overrides ``lr`` per stage (a teacher that starts from a trained branch is fine-tuned)."""
+    from flemme_core.training.profiling import fit_in_memory
+
+    report = fit_in_memory(model, lambda _step: next(batches), steps=steps, lr=lr, stage_lr=stage_lr,
+                           schedule="cosine", weight_decay=1e-4, log=lambda m: print(m, flush=True),
+                           log_every=log_every)
+    return {stage: r["wall_s"] for stage, r in report.items()}
 
 
 def main() -> None:

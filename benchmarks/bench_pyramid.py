@@ -29,21 +29,15 @@ def _time(fn, repeats: int) -> float:
 
 def bench_model(arch: str, family: str, size: int, batch: int, repeats: int) -> tuple[int, float]:
     from flemme_core.build import build_model
-    from flemme_core.losses import build_loss
 
     seg = arch in ("unet", "hunet")
     model = build_model({"arch": arch, "image_size": [size, size], "out_channels": 2 if seg else 1,
                          "encoder": {"name": family, "channels": [16, 32, 64, 128], "num_blocks": 1}})
-    criterion = build_loss(model.default_loss, model.config.out_channels, 2)
+    from flemme_core.training.profiling import count_parameters, timed_training_steps
+
     x = torch.rand(batch, 1, size, size)
-    batch_ = {"image": x, "label": (x > 0.5).long() if seg else x}
-
-    def step() -> None:
-        loss, _ = model.training_loss(batch_, criterion)
-        loss.backward()
-        model.zero_grad(set_to_none=True)
-
-    return sum(p.numel() for p in model.parameters()), _time(step, repeats)
+    t = timed_training_steps(model, {"image": x, "label": (x > 0.5).long() if seg else x}, steps=repeats, warmup=1)
+    return count_parameters(model), min(t.wall)  # the architecture's own default loss
 
 
 def bench_loss(size: int, batch: int, repeats: int) -> tuple[float, float]:

@@ -26,7 +26,6 @@ Needs einops (MONAI's UNETR and SwinUNETR import it): ``pip install einops``.
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -69,26 +68,16 @@ def worker(pair: str, side: str, steps: int, threads: int) -> dict:
     import torch
     import torch.nn.functional as F
 
-    torch.set_num_threads(threads)
+    from flemme_core.training.profiling import count_parameters, timed_training_steps
+
     torch.manual_seed(0)
     dims, size, batch, *_ = PAIRS[pair]
-    model = build(pair, side).train()
-    x = torch.randn(batch, 1, *[size] * dims)
-    y = torch.randint(0, 2, (batch, *[size] * dims))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    cpu, wall = [], []
-    for _ in range(steps + 1):  # the first step (allocator and optimizer-state warm-up) is not timed
-        c0, w0 = time.process_time(), time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        cpu.append(time.process_time() - c0)
-        wall.append(time.perf_counter() - w0)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"params": sum(p.numel() for p in model.parameters()), "cpu": statistics.median(cpu[1:]),
-            "wall": statistics.median(wall[1:]), "peak_mib": peak / 1024, "step_mib": (peak - base) / 1024}
+    model = build(pair, side)
+    data = {"image": torch.randn(batch, 1, *[size] * dims), "label": torch.randint(0, 2, (batch, *[size] * dims))}
+    # the first step (allocator and optimizer-state warm-up) is not timed
+    t = timed_training_steps(model, data, criterion=F.cross_entropy, steps=steps, warmup=1, lr=1e-4, threads=threads)
+    return {"params": count_parameters(model), "cpu": t.median_cpu, "wall": t.median_wall,
+            "peak_mib": t.peak_rss_mb, "step_mib": t.step_rss_mb}
 
 
 def run(pair: str, side: str, steps: int, threads: int, precise_memory: bool = False) -> dict:

@@ -65,9 +65,22 @@ def build_encoder(config: EncoderConfig) -> Encoder:
 
 
 def _call_factory(component: Any, *args: Any) -> Any:
-    """Call a plugin's factory; a ``sys.exit`` inside it is a one-line error naming the distribution."""
+    """Call a plugin's factory; an exception of its own (not a FlemmeError: a bug, not the user's
+    mistake) or a ``sys.exit`` inside it is a one-line error naming the distribution
+    (``error in plugin <distribution>: ...``; ``FLEMME_DEBUG=1`` keeps the traceback)."""
+    from .errors import FlemmeError
+    from .registry import CORE_PROVIDER_NAME
+
     try:
         return component.load()(*args)
+    except FlemmeError:
+        raise
+    except Exception as exc:  # a plugin's own bug: one line naming its distribution
+        from .commands import debug, plugin_error
+
+        if component.provider.name == CORE_PROVIDER_NAME or debug():
+            raise
+        raise plugin_error(component.provider.name, exc) from exc
     except SystemExit as exc:
         raise PluginError(f"{component.kind} {component.name!r} from {component.provider} called sys.exit"
                           f"({exc.code!r}) while building; the plugin {component.provider.name} is broken: "
@@ -135,7 +148,13 @@ def takes_encoder(arch: str) -> bool:
 
 def loss_spec(model: Architecture) -> list[dict[str, Any]]:
     """The losses a model trains with: the config's, else the architecture's default."""
-    return model.config.loss if model.config.loss is not None else list(model.default_loss)
+    if model.config.loss is not None:
+        return model.config.loss
+    if model.default_loss is not None:
+        return list(model.default_loss)
+    from .tasks import task_of
+
+    return [dict(item) for item in task_of(model).default_loss]
 
 
 def used_components(model: Architecture) -> list[tuple[str, str]]:

@@ -20,6 +20,14 @@ def register_architectures(register) -> None:
 
 
 @hookimpl
+def register_tasks(register) -> None:
+    from .tasks import BUILTIN  # import-cheap: no torch at module level
+
+    for task in BUILTIN:
+        register(task.name, f"flemme_core.tasks:{task.name.upper()}", task.description)
+
+
+@hookimpl
 def register_losses(register) -> None:
     mod = "flemme_core.losses"
     register("dice", f"{mod}:dice", "soft Dice (MONAI DiceLoss); softmax + one-hot, or sigmoid for 1 channel")

@@ -165,21 +165,12 @@ def list_plugins(requirements: bool) -> None:
 
 
 # ---------------------------------------------------------------------------------
-def _parse_value(text: str) -> Any:
-    import yaml
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
 def model_dict_from_cli(config_path: str | None, flags: dict[str, Any], overrides: tuple[str, ...],
                         notes: list[str] | None = None) -> dict[str, Any]:
     """Merge a YAML file's ``model:`` section, explicit flags and ``--set a.b=c`` overrides
     (:mod:`flemme_core.overrides`: null removes a key, a new family drops the old one's options)."""
-    from .config import ConfigError, as_mapping, encoder_section, load_yaml
-    from .overrides import apply_override
+    from .config import as_mapping, encoder_section, load_yaml
+    from .overrides import apply_override, parse_set
 
     model: dict[str, Any] = {}
     if config_path:
@@ -195,10 +186,8 @@ def model_dict_from_cli(config_path: str | None, flags: dict[str, Any], override
             continue
         apply_override(model, ".".join(mapping[key]), value, notes)
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set expects key=value (e.g. encoder.block=res_conv), got {item!r}")
-        key, value = item.split("=", 1)
-        apply_override(model, key.strip(), _parse_value(value), notes)
+        key, value = parse_set(item)
+        apply_override(model, key, value, notes)
     if not model["encoder"]:
         model.pop("encoder")
     return model

@@ -15,8 +15,6 @@ from typing import Any
 
 import click
 
-SOURCE_KEYS = ("preset", "datalist", "images", "labels", "options", "base_dir", "num_classes")
-
 
 def data_source(value: str) -> dict[str, Any]:
     """``--data``: a preset name, a Decathlon datalist JSON, or IMAGES_DIR:LABELS_DIR."""
@@ -37,18 +35,15 @@ def _overrides(flags: dict[str, Any]) -> dict[str, Any]:
 
 def _run_config(config_path: str | None, data: str | None, sets: tuple[str, ...], flags: dict[str, Any]):
     from .errors import ConfigError
+    from .overrides import parse_set
     from .training.config import load_run_config
 
-    run = load_run_config(config_path, _overrides(flags), sets)
-    if data:
-        for key in SOURCE_KEYS:
-            run.data.pop(key, None)
-        run.data.update(data_source(data))
-        if config_path is None:
-            run.name = data.rsplit("/", 1)[-1].removesuffix(".json")
+    run = load_run_config(config_path, _overrides(flags), sets, data_source=data_source(data) if data else None)
+    if data and config_path is None:
+        run.name = data.rsplit("/", 1)[-1].removesuffix(".json")
     model_keys = ("encoder", "arch", "model.encoder", "model.arch")
     if config_path is None or flags.get("encoder") or flags.get("arch") or \
-            any(item.split("=", 1)[0].strip().startswith(model_keys) for item in sets):
+            any(parse_set(item)[0].startswith(model_keys) for item in sets):
         run.name = default_run_name(run.name, run.model)
     if not run.data:
         raise ConfigError("no data: give a config file with a data: section, or --data PRESET "

@@ -86,6 +86,18 @@ def register_datasets(register) -> None:
 
 
 @hookspec
+def register_tasks(register) -> None:
+    """Register tasks: what an architecture's output means (``flemme_core.tasks``).
+
+    The factory (usually ``"module:INSTANCE"``) gives a :class:`flemme_core.tasks.Task` (or a
+    class/callable returning one): its standard metrics and their direction, the monitored
+    metric, ``prediction(output)`` (logits -> labels, or the image), its default loss and
+    whether targets are class labels. An architecture names its task in ``Architecture.task``;
+    the trainer, evaluator and ``flemme predict`` use the resolved object, never the name.
+    """
+
+
+@hookspec
 def register_commands(register) -> None:
     """Register ``flemme`` subcommands.
 

@@ -17,6 +17,7 @@ No torch, no registry: cheap for ``flemme --help``.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from .errors import ConfigError
@@ -77,3 +78,32 @@ def _change_family(data: dict[str, Any], model_prefix: str, name: str, notes: li
         notes.append(f"encoder family {old} -> {name}: dropped {old}'s own settings ({what}; norm/act take "
                      f"{name}'s defaults); kept {', '.join(kept) or 'no common keys'}; give others with "
                      "--set encoder.KEY=VALUE")
+
+
+def parse_set_value(text: str) -> Any:
+    """YAML scalar parsing for ``--set key=value`` (numbers, booleans, lists, null); text that is
+    not YAML stays a string."""
+    import yaml
+
+    from .safeload import load_yaml_text
+
+    try:
+        value = load_yaml_text(text, f"--set value {text[:40]!r}")
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 reads 3e-4 (no dot) as a string; a learning rate is meant
+    return value
+
+
+_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def parse_set(item: str, example: str = "encoder.block=res_conv") -> tuple[str, Any]:
+    """One ``--set KEY=VALUE`` item -> (dotted key, parsed value): the one parser of every
+    command's ``--set`` (build, train, eval, compare); a malformed item is one line."""
+    key, sep, value = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set expects key=value (e.g. {example}), got {item!r}")
+    return key, parse_set_value(value.strip())

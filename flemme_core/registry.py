@@ -42,9 +42,10 @@ KINDS = {
     "fusion": "register_fusions",
     "dataset": "register_datasets",
     "command": "register_commands",
+    "task": "register_tasks",
 }
 PLURAL = {"encoders": "encoder", "architectures": "architecture", "losses": "loss",
-          "fusions": "fusion", "datasets": "dataset", "commands": "command"}
+          "fusions": "fusion", "datasets": "dataset", "commands": "command", "tasks": "task"}
 
 
 @dataclass(frozen=True)

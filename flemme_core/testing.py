@@ -45,8 +45,18 @@ from typing import Any
 
 from .errors import ConfigError, ShapeError
 
-__all__ = ["ConformanceError", "check_architectures", "check_common_keys", "check_context", "check_contract",
-           "check_family", "check_save_load", "encoder_config", "family_dims"]
+__all__ = [
+    "ConformanceError",
+    "check_architectures",
+    "check_common_keys",
+    "check_context",
+    "check_contract",
+    "check_family",
+    "check_save_load",
+    "conformance_tests",
+    "encoder_config",
+    "family_dims",
+]
 
 #: image side per dimension; small enough for every shipped family's shape rules at 2 levels.
 SIZES = {2: 32, 3: 16}
@@ -84,11 +94,12 @@ def family_dims(family: str) -> tuple[int, ...]:
 def _model(family: str, arch: str = "unet", dims: int = 2, arch_options: dict[str, Any] | None = None,
            **encoder: Any):
     from .build import build_model
+    from .training.setup import architecture_task
 
-    # two classes for segmentation; otherwise the output is an image like the input
-    task = _registry().get("architecture", arch).metadata.get("task", "segmentation")
+    # two classes for a task with class labels; otherwise the output is an image like the input
+    labels = architecture_task(arch, arch_options).labels
     return build_model({"arch": arch, "encoder": encoder_config(family, **encoder), "dims": dims,
-                        "image_size": SIZES[dims], "in_channels": 1, "out_channels": 2 if task == "segmentation" else 1,
+                        "image_size": SIZES[dims], "in_channels": 1, "out_channels": 2 if labels else 1,
                         "arch_options": arch_options or {}})
 
 
@@ -147,11 +158,9 @@ def _arch_options(component: Any, family: str) -> dict[str, Any] | None:
 
 
 def _target(model: Any, x: Any) -> Any:
-    import torch
+    from .tasks import task_of
 
-    if model.task == "segmentation":
-        return torch.randint(0, model.config.out_channels, (x.shape[0], 1, *x.shape[2:]))
-    return torch.randn(x.shape[0], model.config.out_channels, *x.shape[2:])
+    return task_of(model).example_target(x, model.config.out_channels)
 
 
 def check_architectures(family: str, archs: Sequence[str] | None = None, dims: Sequence[int] | None = None) -> None:
@@ -338,3 +347,24 @@ def check_family(family: str, *, dims: Sequence[int] | None = None, archs: Seque
                 check(family, dims=dims)
     finally:
         torch.set_num_threads(threads)
+
+
+def conformance_tests(*families: str, archs: Sequence[str] = ("unet", "ae")) -> tuple[Callable[..., None], ...]:
+    """The two pytest tests a plugin's suite runs for its families, in one line::
+
+        test_conformance, test_conformance_every_architecture = conformance_tests("convnext")
+
+    the kit with ``archs`` (the core architectures: fast, in the default run), and with every
+    installed architecture (marked ``slow``)."""
+    import pytest
+
+    @pytest.mark.parametrize("family", families)
+    def test_conformance(family: str) -> None:
+        check_family(family, archs=archs)
+
+    @pytest.mark.slow
+    @pytest.mark.parametrize("family", families)
+    def test_conformance_every_architecture(family: str) -> None:
+        check_family(family)
+
+    return test_conformance, test_conformance_every_architecture

@@ -142,3 +142,29 @@ def test_each_check_runs_alone():
 def test_unknown_family_is_one_line():
     with pytest.raises(flemme_core.PluginError, match="did you mean 'tiny'"):
         check_family("tinyy")
+
+
+def test_a_plugins_own_exception_is_one_line_naming_it():
+    """A bug inside a plugin's family (not a user mistake) is `error in plugin <name>: ...`."""
+    from click.testing import CliRunner
+
+    from flemme_core.cli import main
+
+    class Broken(tiny_family.TinyFamily):
+        def stage(self, *args, **kwargs):
+            raise KeyError("width_table")
+
+    plugin = types.SimpleNamespace(register_encoders=hookimpl(
+        lambda register: register("bad_bug", staged_encoder(Broken), "raises inside")))
+    flemme_core.register_plugin(plugin, name="flemme-buggy")
+    try:
+        with pytest.raises(flemme_core.PluginError, match=r"error in plugin flemme-buggy: KeyError: 'width_table'"):
+            from flemme_core import build_model
+
+            build_model({"arch": "unet", "encoder": "bad_bug", "image_size": 16})
+        result = CliRunner().invoke(main, ["build", "--encoder", "bad_bug", "--image-size", "16"])
+        errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+        assert result.exit_code != 0 and len(errors) == 1 and "error in plugin flemme-buggy" in errors[0]
+        assert "Traceback" not in result.output
+    finally:
+        flemme_core.unregister_plugin(plugin)

@@ -136,11 +136,11 @@ def test_output_folder_of_a_different_run_is_refused(tmp_path):
 def test_flags_override_the_config(tmp_path):
     path = write_config(tmp_path / "cfg.yaml", QUICK)
     result = CliRunner().invoke(main, ["train", str(path), "-o", str(tmp_path / "run"), "-q", "--steps", "2",
-                                       "--set", "train.lr=0.002", "--set", "encoder.block=conv"])
+                                       "--set", "train.lr=0.002", "--set", "encoder.kernel_size=5"])
     assert result.exit_code == 0, result.output
     import yaml
 
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["train"]["steps"] == 2 and saved["train"]["lr"] == 0.002
-    assert saved["model"]["encoder"]["block"] == "conv"
+    assert saved["model"]["encoder"]["kernel_size"] == 5
     assert saved["model"]["out_channels"] == 3 and saved["model"]["image_size"] == [32, 32]  # from the data

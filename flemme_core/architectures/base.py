@@ -26,10 +26,10 @@ BuildEncoder = Callable[..., Encoder]
 class Architecture(nn.Module):
     """Base class: ``forward`` gives training outputs, ``predict`` the inference output."""
 
-    #: segmentation | reconstruction | generation: picks default losses and metrics.
+    #: the registered task (``flemme_core.tasks``): its metrics, monitor, prediction and default loss.
     task: ClassVar[str] = "segmentation"
-    #: losses used when the config names none.
-    default_loss: ClassVar[list[dict[str, Any]]] = [{"name": "dice_ce", "weight": 1.0}]
+    #: losses used when the config names none; ``None``: the task's default loss.
+    default_loss: ClassVar[list[dict[str, Any]] | None] = None
     #: dataclass of this architecture's ``arch_options`` (unknown keys are errors).
     Options: ClassVar[type] = dataclasses.make_dataclass("NoOptions", [])
 
@@ -40,6 +40,13 @@ class Architecture(nn.Module):
         self.config = config
         self.options = parse_options(self.Options, config.arch_options, f"model.arch_options ({config.arch})")
         self.encoder = build_encoder(**self.encoder_overrides()) if build_encoder is not None else None
+
+    @classmethod
+    def configured_task(cls, arch_options: Mapping[str, Any]) -> str:
+        """The task a model built with these ``arch_options`` will have, known before building
+        it (the trainer sizes the output from it); an architecture whose task depends on its
+        options (one wrapping another architecture) overrides this and sets ``self.task``."""
+        return cls.task
 
     def encoder_overrides(self) -> dict[str, Any]:
         """What this architecture changes in its encoder (e.g. ``context_dim`` for diffusion)."""

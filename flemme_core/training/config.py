@@ -14,6 +14,7 @@ from typing import Any
 
 from ..config import _check_keys, _int_list, as_mapping, load_yaml
 from ..errors import ConfigError, unknown_name_message
+from ..overrides import parse_set_value  # noqa: F401 - the one --set value parser, imported from here too
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "linear", "constant", "poly")
@@ -220,21 +221,15 @@ def run_config_from_dict(data: Mapping[str, Any], name: str = "run") -> RunConfi
                      train=train_config_from_dict(as_mapping(data.get("train") or {}, "train:")), name=name)
 
 
-def parse_set_value(text: str) -> Any:
-    """YAML scalar parsing for ``--set key=value`` (numbers, booleans, lists, null)."""
-    import yaml
-
-    from ..safeload import load_yaml_text
-
-    try:
-        return load_yaml_text(text, f"--set value {text[:40]!r}")
-    except yaml.YAMLError:
-        return text
+#: the data keys that say where the data comes from; ``--data`` replaces all of them.
+SOURCE_KEYS = ("preset", "datalist", "images", "labels", "options", "base_dir", "num_classes")
 
 
 def load_run_config(path: str | Path | None, overrides: Mapping[str, Any] | None = None,
-                    sets: tuple[str, ...] | list[str] = ()) -> RunConfig:
-    """Read a YAML file (or start empty), apply dotted overrides then ``--set a.b=c`` items.
+                    sets: tuple[str, ...] | list[str] = (), data_source: Mapping[str, Any] | None = None) -> RunConfig:
+    """Read a YAML file (or start empty), replace its data source by ``data_source`` (``--data``),
+    then apply dotted overrides and ``--set a.b=c`` items, in that order: a ``--set data.*``
+    key given with ``--data`` is kept.
 
     ``overrides`` keys are dotted paths from the top (``model.arch``, ``train.steps``);
     ``--set`` paths may omit ``model.`` for model keys (``encoder.block=res_conv``).
@@ -248,10 +243,15 @@ def load_run_config(path: str | Path | None, overrides: Mapping[str, Any] | None
     for section in TOP_KEYS:  # before any override is applied into them: wrong types are one line
         if data.get(section) is not None:
             data[section] = as_mapping(data[section], f"{section}:")
+    if data_source:
+        section = data["data"] = dict(data.get("data") or {})
+        for key in SOURCE_KEYS:
+            section.pop(key, None)
+        section.update(data_source)
     model = data.get("model")
     if isinstance(model, dict) and isinstance(model.get("encoder"), str):
         model["encoder"] = {"name": model["encoder"]}  # so that encoder.* overrides can be applied
-    from ..overrides import apply_override
+    from ..overrides import apply_override, parse_set
 
     notes: list[str] = []
     changed = set()
@@ -260,12 +260,10 @@ def load_run_config(path: str | Path | None, overrides: Mapping[str, Any] | None
             apply_override(data, key, value, notes, model_prefix="model.")
             changed.add(key)
     for item in sets:
-        if "=" not in item:
-            raise ConfigError(f"--set expects key=value (e.g. train.lr=3e-4), got {item!r}")
-        key, value = (s.strip() for s in item.split("=", 1))
+        key, value = parse_set(item, "train.lr=3e-4")
         if key.split(".")[0] not in TOP_KEYS:
             key = f"model.{key}"
-        apply_override(data, key, parse_set_value(value), notes, model_prefix="model.")
+        apply_override(data, key, value, notes, model_prefix="model.")
         changed.add(key)
     run = run_config_from_dict(data, name=name)
     run.steps_from_cli, run.notes = "train.steps" in changed, notes

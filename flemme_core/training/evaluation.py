@@ -15,16 +15,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..tasks import Task
 from .distributed import DistContext, gather_objects
-from .metrics import OwnMetrics, ReconstructionMetrics, SegmentationMetrics, labels_from_logits
+from .metrics import OwnMetrics
 from .sampling import collate
 
 
 @dataclass
 class EvalSettings:
-    """How to run inference and what to measure."""
+    """How to run inference and what to measure (``task``: the model's :class:`~flemme_core.tasks.Task`)."""
 
-    task: str
+    task: Task
     metrics: list[str]
     roi_size: list[int]
     sw_batch_size: int = 4
@@ -62,13 +63,13 @@ def infer(model: torch.nn.Module, x: torch.Tensor, settings: EvalSettings) -> to
     return out.float()
 
 
-def _example(x: torch.Tensor, y: torch.Tensor, out: torch.Tensor, task: str) -> dict[str, np.ndarray]:
+def _example(x: torch.Tensor, y: torch.Tensor, out: torch.Tensor, task: Task) -> dict[str, np.ndarray]:
     """One 2D view of the first item (the 3D slice with most foreground) for the overlay PNG."""
     image = x[0, 0].float().cpu().numpy()
     target = y[0, 0].cpu().numpy()
-    pred = (labels_from_logits(out)[0, 0] if task == "segmentation" else out[0, 0]).float().cpu().numpy()
+    pred = task.prediction(out)[0, 0].float().cpu().numpy()
     if image.ndim == 3:
-        score = (target > 0).sum(axis=(0, 1)) if task == "segmentation" else np.abs(target).sum(axis=(0, 1))
+        score = (target > 0).sum(axis=(0, 1)) if task.labels else np.abs(target).sum(axis=(0, 1))
         z = int(np.argmax(score))
         image, target, pred = image[..., z], target[..., z], pred[..., z]
     return {"image": image, "label": target, "prediction": pred}
@@ -87,12 +88,7 @@ def evaluate(model: Any, dataset: Sequence[Any], settings: EvalSettings, ctx: Di
     model.eval()
     mine = list(range(ctx.rank, len(dataset), ctx.world_size))
     own = OwnMetrics()
-    standard: SegmentationMetrics | ReconstructionMetrics
-    if settings.task == "segmentation":
-        standard = SegmentationMetrics(settings.num_classes, settings.metrics, settings.class_names,
-                                       settings.spacing)
-    else:
-        standard = ReconstructionMetrics(len(settings.roi_size), settings.metrics)
+    standard = settings.task.metric_accumulator(settings)
     extras: dict[str, Any] = {}
     rows: list[dict[str, float]] = []
     use_own: bool | None = None
@@ -111,7 +107,7 @@ def evaluate(model: Any, dataset: Sequence[Any], settings: EvalSettings, ctx: Di
             x, y = model.inputs_and_target(batch)
             out = infer(model, x, settings)
             if per_item:
-                single = type(standard)(*_args(standard))
+                single = settings.task.metric_accumulator(settings)
                 single.update(out, y)
                 rows.append({**item_ids(dataset, mine[start : start + settings.batch_size]), **single.result()})
             standard.update(out, y)
@@ -141,8 +137,3 @@ def item_ids(dataset: Sequence[Any], indices: Sequence[int]) -> dict[str, Any]:
         out["image"] = files[0] if one else files
     return out
 
-
-def _args(metrics: SegmentationMetrics | ReconstructionMetrics) -> tuple:
-    if isinstance(metrics, SegmentationMetrics):
-        return (metrics.num_classes, metrics.names, metrics.class_names, metrics.spacing)
-    return (metrics.dims, metrics.names)

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, ShapeError
+from ..tasks import get_task, task_of
 from .evaluation import EvalSettings, evaluate, infer
-from .metrics import TASK_METRICS, labels_from_logits
 from .profiling import count_parameters, cpu_latency_ms
 from .setup import pick_device
 
@@ -43,7 +43,8 @@ def _settings(model: Any, extra: dict[str, Any], device: torch.device, num_class
               class_names: Sequence[str] = (), spacing: Sequence[float] | None = None) -> EvalSettings:
     cfg = model.config
     sw = extra.get("sw", {})
-    return EvalSettings(task=model.task, metrics=list(TASK_METRICS.get(model.task, ())),
+    task = task_of(model)
+    return EvalSettings(task=task, metrics=task.check_metric_names(None),
                         roi_size=list(extra.get("roi_size") or cfg.image_size),
                         sw_batch_size=int(sw.get("sw_batch_size", 4)), overlap=float(sw.get("overlap", 0.25)),
                         sw_mode=sw.get("mode", "gaussian"),
@@ -62,7 +63,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: dict[str, Any] | None = No
     patch size (``threads`` CPU threads, median of ``repeats``)."""
     from ..config import set_dotted
     from ..data import build_datasets
-    from .config import parse_set_value
+    from ..overrides import parse_set
 
     model, extra, dev = _load(checkpoint, device)
     data_cfg = dict(extra.get("data") or {})
@@ -74,28 +75,27 @@ def evaluate_checkpoint(checkpoint: str | Path, data: dict[str, Any] | None = No
         raise ConfigError(f"{checkpoint} does not say which data it was trained on; pass --data")
     sw_sets = {}
     for item in sets:
-        if "=" not in item:
-            raise ConfigError(f"--set expects key=value (e.g. data.num_classes=3), got {item!r}")
-        key, value = (s.strip() for s in item.split("=", 1))
+        key, value = parse_set(item, "data.num_classes=3")
         if key.startswith("data."):
-            set_dotted(data_cfg, key[len("data."):], parse_set_value(value))
+            set_dotted(data_cfg, key[len("data."):], value)
         elif key in ("train.sw_batch_size", "train.overlap"):
-            sw_sets[key.split(".")[1]] = parse_set_value(value)
+            sw_sets[key.split(".")[1]] = value
         else:
             raise ConfigError(f"flemme eval --set takes data.* keys, train.sw_batch_size or train.overlap; got {key!r}")
     data_cfg["cache"] = False
     train_ds, val_ds, info = build_datasets(data_cfg, seed=int(extra.get("seed", 0)))
-    if info.task == "segmentation" and model.task == "segmentation":
+    if get_task(info.task).labels and task_of(model).labels:
         out = model.config.out_channels
         if not (out == info.num_classes or (out == 1 and info.num_classes == 2)):
             raise ConfigError(f"the model predicts {out} classes but the data has {info.num_classes}; "
                               "evaluate on data with the same classes")
     settings = _settings(model, extra, dev, info.num_classes, info.class_names, info.spacing)
+    settings.task.check_metric_requirements(settings.metrics)
     settings.sw_batch_size = int(sw_sets.get("sw_batch_size", settings.sw_batch_size))
     settings.overlap = float(sw_sets.get("overlap", settings.overlap))
     metrics, extras = _metrics(model, val_ds, train_ds, settings, per_item)
     result = {"checkpoint": str(checkpoint), "data": info.name, "held_out": info.held_out_description,
-              "task": model.task, "num_items": len(val_ds), "parameters": count_parameters(model),
+              "task": task_of(model).name, "num_items": len(val_ds), "parameters": count_parameters(model),
               "metrics": metrics}
     if per_item:
         result["per_item"] = extras.get("per_item", [])
@@ -171,6 +171,7 @@ def predict_files(checkpoint: str | Path, inputs: Sequence[str | Path], output: 
 
     model, extra, dev = _load(checkpoint, device)
     settings = _settings(model, extra, dev)
+    task = settings.task
     output = Path(output)
     single_file = len(inputs) == 1 and output.name.lower().endswith((".nii", ".nii.gz", ".png", ".jpg", ".jpeg"))
     written = []
@@ -191,10 +192,11 @@ def predict_files(checkpoint: str | Path, inputs: Sequence[str | Path], output: 
             log(f"preprocessing ({'recorded in the checkpoint' if normalize == 'auto' else '--normalize'}): "
                 f"{describe(steps)}")
         out = predict_image(model, img, steps, settings)[None]
-        pred = labels_from_logits(out)[0].to(torch.int64) if model.task == "segmentation" else out[0]
+        pred = task.prediction(out)[0]
+        pred = pred.to(torch.int64) if task.labels else pred
         dst = output if single_file else output_path_for(src, output)
         written.append((Path(src), write_prediction(pred.cpu().numpy(), dst, like=img)))
-        if log is not None and model.task == "segmentation" and str(dst).lower().endswith(".png") and len(written) == 1:
+        if log is not None and task.labels and str(dst).lower().endswith(".png") and len(written) == 1:
             log("PNG label maps are palette images: pixel values are the class indices (0 = background), "
                 "which viewers show in distinct colours")
     return written

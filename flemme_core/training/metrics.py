@@ -19,26 +19,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..errors import ConfigError, unknown_name_message
-
-TASK_METRICS = {
-    "segmentation": ("dice", "miou", "hd95"),
-    "reconstruction": ("psnr", "ssim", "mse"),
-}
-#: whether higher is better, for choosing the `best` checkpoint.
-HIGHER_IS_BETTER = {"dice": True, "miou": True, "hd95": False, "psnr": True, "ssim": True, "mse": False}
-
-
-def check_metric_names(names: Sequence[str], task: str) -> list[str]:
-    """The configured metric names, or the task's; unknown names list close matches."""
-    allowed = TASK_METRICS.get(task)
-    if allowed is None:
-        return list(names)
-    for name in names:
-        if name not in allowed:
-            raise ConfigError(unknown_name_message(f"{task} metric in train.metrics:", name, allowed))
-    return list(names)
-
+# Which metrics a task computes, their direction and the monitored one: flemme_core.tasks.
 
 def distance_units(spacing: Sequence[float] | None) -> str:
     """The unit of HD95: the data's spacing units (mm for medical volumes) or voxels/pixels

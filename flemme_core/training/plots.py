@@ -137,7 +137,7 @@ def _crop_box(*arrays: np.ndarray, margin: int = 4) -> tuple[slice, slice]:
             slice(max(cols[0] - margin, 0), cols[-1] + margin + 1))
 
 
-def plot_overlay(example: dict[str, Any], out_path: Path, task: str, title: str = "",
+def plot_overlay(example: dict[str, Any], out_path: Path, task: Any, title: str = "",
                  class_names: Sequence[str] = ()) -> Path:
     """Image | label | prediction, cropped to the object; segmentation classes coloured with a legend."""
     plt = _pyplot()
@@ -150,7 +150,7 @@ def plot_overlay(example: dict[str, Any], out_path: Path, task: str, title: str 
     h, w = image.shape
     panel_w = 4.2
     panel_h = min(max(panel_w * h / max(w, 1), 2.0), 8.0)
-    segmentation = task == "segmentation"
+    segmentation = task.labels  # a flemme_core.tasks.Task: class labels get colours and a legend
     fig, axes = plt.subplots(1, 3, figsize=(3 * panel_w + (2.2 if segmentation else 0.2), panel_h + 0.8))
     if segmentation:
         n = int(max(label.max(initial=0), pred.max(initial=0))) + 1

@@ -77,12 +77,18 @@ def peak_memory_mb(device: torch.device) -> float | None:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
-def architecture_task(arch: str) -> str:
-    """segmentation | reconstruction | generation, from the registration (or the class)."""
+def architecture_task(arch: str, arch_options: Any = None) -> Any:
+    """The :class:`~flemme_core.tasks.Task` a model of this architecture will have, before it is
+    built (to size its output from the data): the class's ``configured_task(arch_options)``
+    (``distill`` answers with its inner architecture's task)."""
     from ..registry import get_registry
+    from ..tasks import get_task
 
     component = get_registry().get("architecture", arch)  # unknown names: close matches
-    return component.metadata.get("task") or getattr(component.load(), "task", "segmentation")
+    cls = component.load()
+    configured = getattr(cls, "configured_task", None)
+    name = configured(arch_options or {}) if callable(configured) else getattr(cls, "task", None)
+    return get_task(name or component.metadata.get("task") or "segmentation")
 
 
 def complete_model_config(model: dict[str, Any], info: Any) -> dict[str, Any]:
@@ -95,13 +101,15 @@ def complete_model_config(model: dict[str, Any], info: Any) -> dict[str, Any]:
     model = copy.deepcopy(model)
     model.setdefault("in_channels", info.in_channels)
     arch = model.get("arch", "unet")
-    task = architecture_task(arch) if isinstance(arch, str) else "segmentation"
-    if task == "segmentation" and info.task != "segmentation":
+    from ..tasks import SEGMENTATION, get_task
+
+    task = architecture_task(arch, model.get("arch_options")) if isinstance(arch, str) else SEGMENTATION
+    if task.labels and not get_task(info.task).labels:
         raise ConfigError(f"architecture {arch!r} segments but the data ({info.name}) has no labels; use a "
                           "segmentation dataset, or a reconstruction architecture such as ae")
     if "out_channels" not in model:
-        model["out_channels"] = info.num_classes if task == "segmentation" else info.in_channels
-    if task == "segmentation":
+        model["out_channels"] = task.out_channels(info.num_classes, info.in_channels)
+    if task.labels:
         out = model["out_channels"]
         if not (out == info.num_classes or (out == 1 and info.num_classes == 2)):
             raise ConfigError(f"model.out_channels is {out} but the data has {info.num_classes} classes; set "

@@ -26,7 +26,7 @@ from .config import RunConfig, plan_stage_steps
 from .distributed import DistContext, all_reduce_sum, any_flag, barrier, init_distributed, shutdown
 from .evaluation import EvalSettings, autocast, evaluate
 from .logs import MetricsLog, Progress, json_safe, tensorboard_writer
-from .metrics import HIGHER_IS_BETTER, TASK_METRICS, check_metric_names, distance_units
+from .metrics import distance_units
 from .optim import Schedule, build_optimizer
 from .sampling import SeededDataset, StepBatchSampler, StreamOrder, make_train_loader
 from .state import (
@@ -80,8 +80,11 @@ class Trainer:
         self.run_dir = run.output_dir
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.model = self._sync_batchnorm(build_model(model_dict)).to(self.device)
-        self.task = self.model.task
-        self.metric_names = check_metric_names(cfg.metrics or list(TASK_METRICS.get(self.task, ())), self.task)
+        from ..tasks import task_of
+
+        self.task = task_of(self.model)  # metrics, monitor, prediction: the task object, never its name
+        self.metric_names = self.task.check_metric_names(cfg.metrics)
+        self.task.check_metric_requirements(self.metric_names)
         self.monitor, self.higher = self._monitor()
         mc = self.model.config
         self.criterion = build_loss(loss_spec(self.model), mc.out_channels, mc.dims).to(self.device)
@@ -168,11 +171,9 @@ class Trainer:
     # -- planning -------------------------------------------------------------------------
     def _monitor(self) -> tuple[str, bool]:
         cfg = self.cfg
-        name = cfg.monitor or {"segmentation": "dice", "reconstruction": "psnr"}.get(self.task, "")
-        higher = HIGHER_IS_BETTER.get(name, cfg.monitor_mode == "max")
-        if cfg.monitor:
-            higher = cfg.monitor_mode == "max" if cfg.monitor not in HIGHER_IS_BETTER else higher
-        return name, higher
+        name = cfg.monitor or self.task.monitor
+        # a metric of the task has a known direction; any other follows train.monitor_mode
+        return name, self.task.higher_is_better(name, cfg.monitor_mode == "max")
 
     def _stage_plan(self) -> list[dict[str, Any]]:
         names = list(self.model.training_stages())
@@ -208,7 +209,7 @@ class Trainer:
     # -- checkpoints ----------------------------------------------------------------------
     def _extra(self) -> dict[str, Any]:
         info = self.info
-        return {"step": self.step, "seed": self.cfg.seed, "task": self.task, "num_classes": info.num_classes,
+        return {"step": self.step, "seed": self.cfg.seed, "task": self.task.name, "num_classes": info.num_classes,
                 "class_names": list(info.class_names), "roi_size": self.eval_settings.roi_size,
                 "spacing": list(info.spacing or ()), "held_out": info.held_out_description,
                 "data": self.run.data, "preprocessing": list(info.preprocessing),
@@ -435,7 +436,7 @@ class Trainer:
 
     # -- outputs ----------------------------------------------------------------------------
     def _summary(self, seconds: float) -> dict[str, Any]:
-        return {"run_dir": str(self.run_dir), "steps": self.step, "task": self.task, "monitor": self.monitor,
+        return {"run_dir": str(self.run_dir), "steps": self.step, "task": self.task.name, "monitor": self.monitor,
                 "best": self.best, "final": self.last_val, "seconds": seconds,
                 "seconds_per_step": _median(self.step_seconds[3:] or self.step_seconds),
                 "steps_trained": self.steps_trained, "train_seconds": self.train_seconds,

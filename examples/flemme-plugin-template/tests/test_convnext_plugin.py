@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from flemme_core import build_model, get_registry, load_model, save_model
+from flemme_core.testing import conformance_tests
 
 
 def test_registered_through_entry_point():
@@ -28,15 +29,7 @@ def test_builds_and_trains(arch, dims, tmp_path):
     assert torch.equal(model(x), again(x))
 
 
-def test_conformance():
-    """flemme's conformance kit: contract, context, common keys, save/load, unet and ae in 2D/3D."""
-    from flemme_core.testing import check_family
 
-    check_family("convnext", archs=["unet", "ae"])
-
-
-@pytest.mark.slow
-def test_conformance_with_every_installed_architecture():
-    from flemme_core.testing import check_family
-
-    check_family("convnext")
+# flemme's conformance kit: contract, context, common keys, save/load, unet and ae in 2D/3D
+# (every installed architecture in the slow run)
+test_conformance, test_conformance_every_architecture = conformance_tests("convnext")

@@ -11,6 +11,7 @@ from flemme_mmfd.distill import logit_distillation
 from mmfd_testutil import probe
 
 from flemme_core import build_model, load_model, save_model
+from flemme_core.build import loss_spec
 from flemme_core.errors import CheckpointError, ConfigError
 from flemme_core.losses import build_loss
 from flemme_core.registry import get_registry
@@ -33,7 +34,7 @@ def batch(n=2):
 
 
 def criterion(model):
-    return build_loss(model.default_loss, model.config.out_channels, model.config.dims)
+    return build_loss(loss_spec(model), model.config.out_channels, model.config.dims)
 
 
 def grads(module):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from flemme_core.build import build_model, summarize
+from flemme_core.build import build_model, loss_spec, summarize
 from flemme_core.errors import ConfigError
 from flemme_core.losses import build_loss
 from flemme_core.registry import get_registry
@@ -105,7 +105,7 @@ def test_refinement_honours_the_encoder_normalisation(norm, cls):
 def test_gradient_reaches_every_level_head(arch, level_weights, fusion_init):
     torch.manual_seed(0)
     model = _cnn(arch, level_weights=level_weights, fusion_init=fusion_init)
-    criterion = build_loss(model.default_loss, model.config.out_channels, 2)
+    criterion = build_loss(loss_spec(model), model.config.out_channels, 2)
     x = torch.rand(2, 1, 32, 32)
     batch = {"image": x, "label": (x > 0.5).long()}
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -151,16 +151,13 @@ def inherit_common_keys(cfg: EncoderConfig, family: dict[str, Any], parent: Enco
                         from_checkpoint: bool) -> EncoderConfig:
     """A common key given to the fusion encoder reaches every branch that does not set it
     itself (``--channels 8,16`` makes 8-16 branches, and so 8-16 fused levels), never shown and
-    ignored. A branch read from a checkpoint keeps the trained structure (its channels and
-    norm), so giving those keys to the fusion with such a branch is refused in one line."""
+    ignored. A branch read from a checkpoint keeps its trained structure (channels, norm, act:
+    the fused levels are aligned to it); only the regularisers (dropout, drop_path) reach it."""
     changes: dict[str, Any] = {}
     for key in INHERITED:
         value = getattr(parent, key)
-        if value in (None, 0.0) or key in family:
+        if value in (None, 0.0) or key in family or (from_checkpoint and key in ("channels", "norm", "act")):
             continue
-        if from_checkpoint and key in ("channels", "norm", "act"):
-            raise ConfigError(f"model.encoder.{key} would change the structure of a branch read from a checkpoint; "
-                              f"set it per branch (branches[i].{key}) for the others, or leave it unset")
         changes[key] = list(value) if isinstance(value, list) else value
     return dataclasses.replace(cfg, **changes) if changes else cfg
 

@@ -85,8 +85,11 @@ class DistillOptions:
 
 def logit_distillation(student: torch.Tensor, teacher: torch.Tensor, temperature: float, task: str) -> torch.Tensor:
     """T²-scaled KL(teacher ‖ student) per position (softmax over classes, or sigmoid for one
-    channel); plain MSE for non-segmentation outputs. Zero when the logits agree."""
-    if task != "segmentation":
+    channel) for a task whose targets are class labels; plain MSE for image outputs. Zero when
+    the logits agree."""
+    from flemme_core.tasks import get_task
+
+    if not get_task(task).labels:
         return F.mse_loss(student, teacher)
     t2 = temperature ** 2
     s, t = student / temperature, teacher / temperature
@@ -125,6 +128,14 @@ class Distill(Architecture):
 
     Options: ClassVar[type] = DistillOptions
 
+    @classmethod
+    def configured_task(cls, arch_options: Any) -> str:
+        """The inner architecture's task (``inner: ae`` distils a reconstruction model)."""
+        from flemme_core.registry import get_registry
+
+        inner = get_registry().get("architecture", str(dict(arch_options).get("inner", "unet"))).load()
+        return inner.configured_task(dict(arch_options).get("inner_options") or {})
+
     def __init__(self, config: ModelConfig, build_encoder: BuildEncoder):
         super().__init__(config, build_encoder)  # self.encoder: the student encoder (model.encoder)
         from flemme_core.registry import get_registry
@@ -151,7 +162,9 @@ class Distill(Architecture):
             if opts.teacher_init is not None:
                 self._init_teacher_from_branch(opts.teacher_init, opts.inner)
         self.task = self.student.task
-        self.default_loss = list(self.student.default_loss)
+        from flemme_core.build import loss_spec
+
+        self.default_loss = [dict(item) for item in loss_spec(self.student)]
         # What each side may train when its stage comes (frozen branches stay frozen).
         self._trainable = {"teacher": {n: p.requires_grad for n, p in self.teacher.named_parameters()},
                            "student": {n: p.requires_grad for n, p in self.student.named_parameters()}}
