@@ -24,8 +24,8 @@ from flemme_core.registry import get_registry
 pytest.importorskip("onnxruntime", reason="flemme-core[export] not installed")
 pytest.importorskip("onnxscript", reason="flemme-core[export] not installed")
 
-from flemme_core.export.exporter import RTOL, ExportError, export_checkpoint  # noqa: E402
-from flemme_core.export.metadata import read_exported_metadata  # noqa: E402
+from flemme_core.export.exporter import RTOL, ExportError, export_checkpoint
+from flemme_core.export.metadata import read_exported_metadata
 
 FAMILIES = sorted(get_registry().components("encoder"))
 
@@ -101,7 +101,7 @@ def test_mamba_torchscript_is_refused_in_one_line(tmp_path):
 
 def test_failed_verification_keeps_no_file(tmp_path, monkeypatch):
     """A file that does not reproduce the model is deleted and the command fails."""
-    import flemme_core.export.runtime as runtime
+    from flemme_core.export import runtime
 
     _, ckpt = _checkpoint(tmp_path, "cnn", "unet", 2)
     real = runtime.load_runner

@@ -250,7 +250,7 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, fmt: str = "au
             if dynamic and checks[0]["relative_error"] <= RTOL < checks[1]["relative_error"]:
                 reasons.append(f"spatial axes fixed at {'×'.join(map(str, patch))}: the dynamic graph does not "
                                f"reproduce the model at {'×'.join(map(str, second))} "
-                               f"({_first_line(checks[1].get('problem') or 'relative error %.1e' % checks[1]['relative_error'])})")
+                               f"({_first_line(checks[1].get('problem') or 'relative error {:.1e}'.format(checks[1]['relative_error']))})")
                 continue
             if any(c["relative_error"] > RTOL for c in checks):
                 worst = max(checks, key=lambda c: c["relative_error"])

@@ -84,8 +84,8 @@ def describe(meta: dict[str, Any]) -> list[tuple[str, str]]:
     rule = meta["input"]
     extra = meta.get("extra") or {}
     lines = [("file", f"{meta.get('path', '')} ({meta['file_bytes']:,} bytes, {meta['format_name']})"),
-             ("model", f"{cfg.get('arch')} with encoder {enc.get('name', '(default)')} ({len(rule['patch_size'])}D, "
-                       f"{meta['task']}, {meta.get('parameters', 0):,} parameters)"),
+             ("model", (f"{cfg.get('arch')} with encoder {enc.get('name', '(default)')} ({len(rule['patch_size'])}D, "
+                       f"{meta['task']}, {meta.get('parameters', 0):,} parameters)")),
              ("input", shape_rule_text(rule)),
              ("versions", ", ".join(f"{k} {v}" for k, v in meta["versions"].items())),
              ("exported with", ", ".join(f"{k} {v}" for k, v in meta["exported_with"].items()))]
@@ -98,8 +98,8 @@ def describe(meta: dict[str, Any]) -> list[tuple[str, str]]:
     for note in meta.get("notes", []):
         lines.append(("note", note))
     for check in meta.get("verification", []):
-        lines.append(("verified", f"input {'×'.join(map(str, check['shape']))}: max abs diff "
-                                  f"{check['max_abs_diff']:.2e}, relative {check['relative_error']:.2e}"))
+        lines.append(("verified", (f"input {'×'.join(map(str, check['shape']))}: max abs diff "
+                                  f"{check['max_abs_diff']:.2e}, relative {check['relative_error']:.2e}")))
     lines.append(("config", json.dumps(cfg, sort_keys=True)))
     return lines
 

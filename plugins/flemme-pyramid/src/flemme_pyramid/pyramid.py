@@ -8,7 +8,8 @@ normalisation, activation and context settings, which the published code drops.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -92,10 +93,23 @@ class VerticalFusion(nn.Module):
                 self.mix.weight[:, :channels] = eye if mode == "concat" else eye / num_inputs
                 self.mix.bias.zero_()
 
+    resize_always = False  # set by export_mode
+
+    @contextlib.contextmanager
+    def export_mode(self, fmt: str) -> Iterator[None]:
+        """flemme_core.export's hook: trace the full-size maps' resize even at their own size
+        (the identity there), so the exported graph serves every input size."""
+        self.resize_always = True
+        try:
+            yield None
+        finally:
+            self.resize_always = False
+
     def forward(self, predictions: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
         maps = self.maps
-        if maps is not None and self.level_map == "full" and list(maps.shape[2:]) != list(size):
-            maps = resize_prediction(maps, size, "linear")
+        if maps is not None and self.level_map == "full" and (self.resize_always or list(maps.shape[2:]) != list(size)):
+            maps = F.interpolate(maps, size=list(size), mode="bilinear" if maps.dim() == 4 else "trilinear",
+                                 align_corners=False)
         ups = [resize_prediction(p, size, self.resize) for p in predictions]
         if maps is not None:
             ups = [p + maps[i:i + 1] for i, p in enumerate(ups)]

@@ -40,14 +40,15 @@ def linear_recurrence(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         p = p * a_i
         return (h, p), (h.clone(), p.clone())
 
-    zero = torch.zeros_like(x[0])
-    _, (h, prod) = scan(within, (zero, torch.ones_like(a[0])), (a.contiguous(), x.contiguous()))
+    a, x = a.contiguous(), x.contiguous()
+    zero = x.new_zeros(x.shape[1:])                  # contiguous: the scan's carry has the init's layout
+    _, (h, prod) = scan(within, (zero, a.new_ones(a.shape[1:])), (a, x))
 
     def across(state, hp):                           # the state entering each chunk
         h_end, p_end = hp
         return h_end + p_end * state, state.clone()
 
-    _, start = scan(across, zero[0], (h[-1], prod[-1]))   # (nc, ...)
+    _, start = scan(across, x.new_zeros(x.shape[2:]), (h[-1].contiguous(), prod[-1].contiguous()))  # (nc, ...)
     h = h + prod * start.unsqueeze(0)                 # (CHUNK, nc, ...)
     return h.transpose(0, 1).reshape(nc * CHUNK, *h.shape[2:])[:length]
 
