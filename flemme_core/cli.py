@@ -337,6 +337,10 @@ def _info_rest(meta: dict[str, Any], cfg: dict[str, Any]) -> None:
     click.echo("versions     " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()))
     click.echo("components   " + ", ".join(f"{k} <- {v}" for k, v in meta["components"].items()))
     click.echo("config       " + json.dumps(cfg, sort_keys=True))
+    if isinstance(meta["extra"], dict) and "preprocessing" in meta["extra"]:
+        from .data.preprocessing import describe
+
+        click.echo("preprocess   " + describe(meta["extra"]["preprocessing"]) + " (what `flemme predict` applies)")
     if meta["extra"]:
         click.echo("extra        " + json.dumps(meta["extra"], sort_keys=True))
 

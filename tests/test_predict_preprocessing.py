@@ -200,3 +200,10 @@ def test_stardist_predict_on_the_raw_held_out_quadrant_matches_eval(tmp_path):
     print(f"eval Dice {evaluated:.4f}, predict Dice on the raw crop {dice:.4f}, with per-crop percentiles "
           f"{2 * (old & truth).sum() / (old.sum() + truth.sum()):.4f}")
     assert abs(dice - evaluated) < 1e-4
+
+
+def test_info_shows_the_recorded_preprocessing(plugin_checkpoint):
+    result = CliRunner().invoke(main, ["info", plugin_checkpoint])
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.output.splitlines() if x.startswith("preprocess"))
+    assert "(x - 1" in line and "whole volume's statistics" in line
