@@ -108,3 +108,19 @@ def test_a_finished_run_writes_valid_json_stages_on_val_rows_and_prunes_its_resu
     assert per_item.exit_code == 0, per_item.output
     items = _strict_json((tmp_path / "m.json").read_text())["per_item"]
     assert [r["item"] for r in items] == [0, 1]
+
+
+def test_train_writes_progress_to_stderr_and_only_results_to_stdout(tmp_path: Path) -> None:
+    from train_helpers import TINY_2D, config, flemme, write_config
+
+    cfg = config(TINY_2D, train={"steps": 4, "val_every": 2, "progress": True},
+                 data={"options": {"num_train": 2, "num_held_out": 1, "size": [32, 32]}, "patch_size": [32, 32],
+                       "batch_size": 2})
+    path = write_config(tmp_path / "cfg.yaml", cfg)
+    result = flemme("train", str(path), "-o", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr
+    assert "training " in result.stderr and "train loss" in result.stderr and "held-out" in result.stderr
+    assert "\r" not in result.stderr  # piped: plain lines, no bar fragments
+    out = result.stdout.splitlines()
+    assert out[0].startswith("held-out metrics after 4 steps") and out[-1].startswith("run folder: ")
+    assert not any(line.startswith(("step ", "training ", "note:")) for line in out)

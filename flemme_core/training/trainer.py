@@ -165,7 +165,7 @@ class Trainer:
             return nn.SyncBatchNorm.convert_sync_batchnorm(model)
         if self.ctx.is_main and not self.quiet:
             print("note: BatchNorm with several CPU processes uses per-process batch statistics (SyncBatchNorm "
-                  "needs CUDA); use norm instance or group for results equal to one process", flush=True)
+                  "needs CUDA); use norm instance or group for results equal to one process", file=sys.stderr, flush=True)
         return model
 
     # -- planning -------------------------------------------------------------------------
