@@ -136,7 +136,7 @@ def _flemme_env(*args: str, **env: str):
     full = {k: v for k, v in os.environ.items() if not k.startswith("FLEMME_")}
     full.update(env)
     return subprocess.run([sys.executable, "-m", "flemme_core", *args], capture_output=True, text=True, env=full,
-                          timeout=120)
+                          timeout=120, check=False)
 
 
 def test_flemme_plugins_naming_nothing_is_reported_and_autoload_off_is_hinted():
