@@ -127,3 +127,19 @@ def test_3d_and_context_are_refused_in_one_line():
 def test_channels_are_fixed_by_the_network():
     with pytest.raises(ConfigError, match="channels is fixed by the pretrained network"):
         encoder_of({"model": "resnet10t", "channels": [8, 16]})
+
+
+def test_vit_weights_at_another_image_size_resize_the_position_table(timm, tmp_path):
+    """A ViT file is the model at 224; built at 64, timm's own filter resamples its position table
+    while loading, as timm does for its pretrained weights."""
+    ref = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=2).eval()
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(tmp_path / "vit.safetensors"))
+    enc = encoder_of({"model": "vit_tiny_patch16_224", "model_args": {"depth": 2}, "out_indices": [1],
+                      "weights": str(tmp_path / "vit.safetensors"), "normalize": False}, size=64)
+    assert enc.feature_strides == [16] and enc.feature_channels == [192]
+    small = timm.create_model("vit_tiny_patch16_224", pretrained=True, depth=2, img_size=64,
+                              pretrained_cfg_overlay={"file": str(tmp_path / "vit.safetensors")}).eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = small.forward_intermediates(x, indices=[1], intermediates_only=True)[0]
+        assert max_diff(enc(x)[0], expected) <= 1e-5

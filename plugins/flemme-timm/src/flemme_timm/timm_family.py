@@ -74,7 +74,7 @@ class TimmEncoder(PretrainedEncoder):
             kwargs["drop_path_rate"] = cfg.drop_path  # the model's own stochastic depth (TypeError if it has none)
         if opts.weights:
             state = read_weights(opts.weights)
-            native = {k: v for k, v in opts.model_args.items()}  # the file is the model at its own size
+            native = dict(opts.model_args)  # the file is the model at its own size (no img_size of ours)
             keys, heads = expected_keys(timm, opts.model, native)
             missing = sorted(keys - set(state) - heads)
             unexpected = sorted(set(state) - keys)
