@@ -83,7 +83,7 @@ class Component:
             obj: Any = importlib.import_module(module_name)
             for part in attr.split("."):
                 obj = getattr(obj, part)
-        except BaseException as exc:  # noqa: BLE001 - SystemExit from a plugin's module too
+        except BaseException as exc:  # SystemExit from a plugin's module too
             if isinstance(exc, KeyboardInterrupt):
                 raise
             raise PluginError(
@@ -171,12 +171,12 @@ class Registry:
                     self.disabled.append((provider, f"disabled by FLEMME_DISABLE_PLUGINS={','.join(disabled)}"))
                     continue
                 if not autoload and not _matches(wanted, ep.name, dist_name):
-                    self.disabled.append((provider, "not loaded: FLEMME_DISABLE_PLUGIN_AUTOLOAD is set and "
-                                                    "FLEMME_PLUGINS does not name it"))
+                    self.disabled.append((provider, ("not loaded: FLEMME_DISABLE_PLUGIN_AUTOLOAD is set and "
+                                                     "FLEMME_PLUGINS does not name it")))
                     continue
                 try:
                     obj = ep.load()
-                except BaseException as exc:  # noqa: BLE001 - a broken plugin (even sys.exit) must not take down the others
+                except BaseException as exc:  # a broken plugin (even sys.exit) must not take down the others
                     if isinstance(exc, KeyboardInterrupt):
                         raise
                     self.failures.append(PluginRecord(provider, ep.value, _one_line(exc)))
@@ -194,7 +194,7 @@ class Registry:
             provider = Provider(module_name, "", "FLEMME_PLUGIN_MODULES")
             try:
                 obj = importlib.import_module(module_name)
-            except BaseException as exc:  # noqa: BLE001 - reported like a broken entry point (sys.exit too)
+            except BaseException as exc:  # reported like a broken entry point (sys.exit too)
                 if isinstance(exc, KeyboardInterrupt):
                     raise
                 self.failures.append(PluginRecord(provider, module_name, _one_line(exc)))
@@ -225,7 +225,7 @@ class Registry:
                 register = _Registrar(kind, provider, components[kind], self.conflicts)
                 try:
                     impl.function(register=register)
-                except BaseException as exc:  # noqa: BLE001 - SystemExit too; nothing it registered is kept
+                except BaseException as exc:  # SystemExit too; nothing it registered is kept
                     if isinstance(exc, KeyboardInterrupt):
                         raise
                     self.failures.append(PluginRecord(provider, impl.plugin_name,

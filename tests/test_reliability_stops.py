@@ -145,3 +145,14 @@ def test_a_killed_worker_is_one_error_line_naming_its_rank(tmp_path):
     assert sum(x.startswith("Error") for x in lines) == 1
     time.sleep(1)
     assert _processes_mentioning(str(tmp_path / "run")) == []
+
+
+@pytest.mark.slow
+def test_workers_do_not_outlive_a_killed_nproc_parent(tmp_path):
+    proc = _start_ddp(tmp_path)
+    proc.kill()  # SIGKILL: no handler runs in the flemme process; torchrun gets SIGTERM from the kernel
+    proc.communicate(timeout=60)
+    deadline = time.monotonic() + 60
+    while _processes_mentioning(str(tmp_path / "run")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _processes_mentioning(str(tmp_path / "run")) == []

@@ -2,15 +2,12 @@
 
 ``python -m flemme_core train ...`` under ``torchrun`` finds ``WORLD_SIZE``/``RANK`` in
 the environment and joins the group (gloo on CPU, NCCL on CUDA); ``flemme train
---nproc N`` starts torchrun itself. Only rank 0 writes files and prints.
+--nproc N`` starts torchrun itself (:mod:`.launcher`). Only rank 0 writes files and prints.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -76,15 +73,6 @@ def any_flag(flag: bool, ctx: DistContext) -> bool:
 def barrier(ctx: DistContext) -> None:
     if ctx.enabled:
         dist.barrier()
-
-
-def launch(nproc: int, args: Sequence[str]) -> int:
-    """Run ``python -m torch.distributed.run --nproc_per_node N -m flemme_core <args>``."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "flemme_core", *args]
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    return subprocess.call(cmd, env=env)
 
 
 def gather_objects(obj: object, ctx: DistContext) -> list[object]:

@@ -3,7 +3,8 @@
 * torchrun and its workers run in a session of their own, so the launching ``flemme``
   process is the only one a terminal's Ctrl-C (or a ``kill`` of the command) reaches; it
   forwards SIGINT/SIGTERM to the whole group and, once torchrun has exited, kills any
-  process left in it: no worker outlives the command.
+  process left in it: no worker outlives the command (on Linux, torchrun also gets SIGTERM
+  if the launching process itself is killed).
 * The workers know they were launched (``FLEMME_LAUNCHED``) and stay silent on a stop;
   the launcher prints the resume hint once and exits 130 (SIGINT) or 143 (SIGTERM).
 * torchrun's and the workers' output is relayed line by line; once a failure starts
@@ -57,6 +58,16 @@ class _Relay(threading.Thread):
             self.sink.flush()
 
 
+def _die_with_parent() -> None:
+    """Linux: torchrun gets SIGTERM (and stops its workers) even if this process is SIGKILLed."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _kill_group(pgid: int, sig: int) -> None:
     try:
         os.killpg(pgid, sig)
@@ -81,7 +92,7 @@ def launch(nproc: int, args: Sequence[str], argv: Sequence[str] | None = None) -
     env[LAUNCHED_ENV] = "1"
     debug = bool(os.environ.get("FLEMME_DEBUG"))
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_die_with_parent)  # noqa: PLW1509 - no threads yet
     relays = [_Relay(proc.stdout, sys.stdout, False), _Relay(proc.stderr, sys.stderr, not debug)]
     for relay in relays:
         relay.start()
