@@ -95,7 +95,7 @@ def test_wrong_checkpoint_is_one_line_naming_keys(tmp_path):
     with pytest.raises(CheckpointError, match=r"1 missing \(classifier.bias\); 1 unexpected \(head.fc.weight\)"):
         pidinet(in_channels=3, weights=str(path))
     fake_official_checkpoint(path, c=20, dil=8)
-    with pytest.raises(CheckpointError, match="shape-mismatched"):
+    with pytest.raises(CheckpointError, match="shape-mismatched.*looks like variant: tiny, dil: 8, sa: true"):
         pidinet(in_channels=3, weights=str(path), variant="small")
 
 

@@ -21,6 +21,7 @@ from flemme_core.errors import CheckpointError
 from flemme_core.weights import adapt_input_weight, compare_state, read_weights
 
 from .network import PDCConv
+from .options import VARIANTS
 
 
 def load_official(encoder: nn.Module, path: str | Path) -> None:
@@ -35,7 +36,19 @@ def load_official(encoder: nn.Module, path: str | Path) -> None:
             state[key] = module.convert_weight(state[key])
     report = compare_state(encoder, state, repr(str(path)))
     if not report.ok:
-        raise CheckpointError(f"weights do not fit this pidinet encoder: {report.summary()}; check variant, dil, "
-                              f"sa, channels and num_blocks against the checkpoint (table5_pidinet: variant "
-                              f"pidinet, dil true, sa true)")
+        raise CheckpointError(f"weights do not fit this pidinet encoder: {report.summary()}; {_hint(state)}")
     encoder.load_state_dict(state, strict=True)
+
+
+def _hint(state: dict) -> str:
+    """What the file looks like: its width C (the variant) and whether it has CDCM / CSAM."""
+    init = state.get("init_block.weight")
+    if init is None:
+        return "this is not a PiDiNet checkpoint (no init_block.weight)"
+    width = int(init.shape[0])
+    variant = next((name for name, (c, _) in VARIANTS.items() if c == width), None)
+    dil = state.get("dilations.0.conv1.weight")
+    parts = [f"variant: {variant}" if variant else f"channels: [{width}, {2 * width}, {4 * width}, {4 * width}]",
+             f"dil: {int(dil.shape[0]) if dil is not None else 'false'}",
+             f"sa: {'true' if 'attentions.0.conv1.weight' in state else 'false'}"]
+    return f"the file looks like {', '.join(parts)} (check also pdcs and num_blocks)"
