@@ -1,5 +1,5 @@
 """MMFD's own recipe as shipped configs: MedSAM + PiDiNet + PLIP fused by shared tokens, and its
-distillation into TinyViT. Needs flemme-timm (timm, transformers) and flemme-pidinet."""
+distillation into TinyViT. Needs flemme-timm (timm, transformers) and flemme-pidinet; skipped without them."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import yaml
 pytest.importorskip("flemme_timm")
 pytest.importorskip("flemme_pidinet")
 pytest.importorskip("transformers")
+pytest.importorskip("timm")
 
 from flemme_core import build_model, load_model, save_model
 
