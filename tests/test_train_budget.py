@@ -4,6 +4,7 @@ time, and reports what it did."""
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -30,7 +31,7 @@ def test_max_seconds_stops_the_run_and_the_schedule_follows_the_time(tmp_path):
     lrs = [r["lr"] for r in rows if r.get("split") == "train"]
     assert len(lrs) == steps
     # cosine over the time: decreasing, and near its end at the last step (a million steps would not be)
-    assert all(b <= a for a, b in zip(lrs, lrs[1:]))
+    assert all(b <= a for a, b in itertools.pairwise(lrs))
     assert lrs[-1] < 0.5 * 0.01 and lrs[0] > 0.9 * 0.01
     state = json.loads((tmp_path / "run" / "state.json").read_text())
     assert state["finished"] and state["steps_trained"] == steps and state["stopped_by"] == "seconds"

@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from ..config import set_dotted
 from ..errors import ConfigError
 
 #: the step cap of a wall-clock budget given without steps (the time binds long before)
@@ -105,7 +106,7 @@ def build_cheaply(model_config: dict[str, Any]) -> Any:
     try:
         with torch.device("meta"):
             return build_model(copy.deepcopy(model_config))
-    except (RuntimeError, NotImplementedError, TypeError, ValueError):
+    except Exception:  # noqa: BLE001 - e.g. .item() on a meta tensor; a real mistake fails again on the CPU
         return build_model(copy.deepcopy(model_config))
 
 
@@ -114,21 +115,14 @@ def count_parameters(model_config: dict[str, Any]) -> int:
     return sum(p.numel() for p in build_cheaply(model_config).parameters())
 
 
-def _get(config: dict[str, Any], key: str) -> Any:
+def get_dotted(config: dict[str, Any], key: str) -> Any:
+    """``config["encoder"]["channels"]`` for ``encoder.channels``; None when a part is missing."""
     node: Any = config
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
             return None
         node = node[part]
     return node
-
-
-def _set(config: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    node = config
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    node[parts[-1]] = value
 
 
 def _scaled(widths: Any, scale: float, multiple: int) -> Any:
@@ -148,7 +142,7 @@ def match_params(model_config: dict[str, Any], target: float, key: str = "encode
     factor finds the crossing; the neighbours of the crossing are tried too because of
     the rounding to multiples. Widths the family refuses (heads, windows) are skipped.
     """
-    widths = base if base is not None else _get(model_config, key)
+    widths = base if base is not None else get_dotted(model_config, key)
     if widths is None:
         raise ConfigError(f"match: params for {what}: the model sets no widths at {key}; give them (e.g. "
                           f"{key}: [16, 32, 64, 128]) or name the width key with match: {{key: ...}}")
@@ -161,7 +155,7 @@ def match_params(model_config: dict[str, Any], target: float, key: str = "encode
         label = repr(w)
         if label not in cache:
             cfg = copy.deepcopy(model_config)
-            _set(cfg, key, w)
+            set_dotted(cfg, key, w)
             try:
                 cache[label] = counter(cfg)
             except ConfigError:
@@ -194,5 +188,5 @@ def match_params(model_config: dict[str, Any], target: float, key: str = "encode
                           f"parameters ({key} {best_w}, {100 * (best_n - target) / target:+.0f}%); choose a target "
                           f"within reach or another width multiple (now {multiple})")
     out = copy.deepcopy(model_config)
-    _set(out, key, best_w)
+    set_dotted(out, key, best_w)
     return out, best_n

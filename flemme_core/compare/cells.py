@@ -21,7 +21,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..config import set_dotted
 from ..errors import ConfigError, FlemmeError
+from .budget import build_cheaply, get_dotted
 from .measure import CELL_SPEC, RESULT
 from .study import Cell, Study
 
@@ -100,13 +102,7 @@ def _model(model: dict[str, Any], info: Any, cell: Cell) -> tuple[dict[str, Any]
                                    base=_default_widths(full, key))
             # the cell keeps only what the study set, plus the matched widths
             model = copy.deepcopy(model)
-            node, parts = model, key.split(".")
-            for part in parts[:-1]:
-                node = node.setdefault(part, {})
-            src: Any = full
-            for part in parts:
-                src = src[part]
-            node[parts[-1]] = src
+            set_dotted(model, key, get_dotted(full, key))
             return model, n
         return model, count_parameters(full)
     except FlemmeError as exc:
@@ -131,12 +127,9 @@ def _width_key(model: dict[str, Any], match: dict[str, Any], where: str) -> tupl
 def _default_widths(model: dict[str, Any], key: str) -> Any:
     """The widths at ``key``, or the defaults the model fills in (read off a meta-device build:
     the encoder's channels, or the architecture's parsed ``options``)."""
-    node: Any = model
-    for part in key.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
+    node = get_dotted(model, key)
     if node is not None:
         return node
-    from .budget import build_cheaply
 
     built = build_cheaply(model)
     if key == "encoder.channels":

@@ -126,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     except FlemmeError as exc:
         print(f"Error: {exc}", file=sys.stderr, flush=True)
         return getattr(exc, "exit_code", 2)
-    text = json.dumps(result, indent=1, default=str, allow_nan=True)
+    from ..training.logs import json_safe
+
+    text = json.dumps(json_safe(result), indent=1, default=str)  # NaN (an absent class's Dice) -> null
     atomic_write(cell_dir / RESULT, lambda tmp: Path(tmp).write_text(text))
     return 0
 

@@ -16,6 +16,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ..training.logs import json_safe
 from .stats import mean_std, paired_comparison
 
 #: summary metrics per task, in table order (per-class Dice is added between dice and hd95)
@@ -194,16 +195,6 @@ def _csv(value: Any) -> Any:
     return f"{value:.6g}" if isinstance(value, float) else value
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
 def write_report(study_dir: Path, study: dict[str, Any], entries: list[dict[str, Any]],
                  missing: list[str]) -> dict[str, Path]:
     """report.md, report.csv, report.json and report.png (when matplotlib is there), atomically."""
@@ -211,7 +202,7 @@ def write_report(study_dir: Path, study: dict[str, Any], entries: list[dict[str,
 
     text = markdown(study, entries, missing)
     files = {"report.md": text, "report.csv": csv_text(entries),
-             "report.json": json.dumps(_finite({"study": study, "entries": entries, "missing": missing}), indent=1)}
+             "report.json": json.dumps(json_safe({"study": study, "entries": entries, "missing": missing}), indent=1)}
     written = {}
     for name, content in files.items():
         atomic_write(study_dir / name, lambda tmp, c=content: Path(tmp).write_text(c))
