@@ -76,7 +76,6 @@ def isolated(session: nox.Session) -> None:
     so a plugin that imports an undeclared sibling fails here. ``nox -s isolated -- flemme-cnn``
     runs only the named targets. Not in the default sessions (minutes of installs).
     """
-    import shutil
     import sys
 
     home = ROOT / ".nox" / "isolated"
@@ -88,19 +87,34 @@ def isolated(session: nox.Session) -> None:
 
         session.run(str(base / "bin/python"), "-m", "pip", "install", "-q", f"torch=={torch.__version__.split('+')[0]}")
     wanted = set(session.posargs)
+    failed = []
     for name, project, tests in _isolated_targets():
         if wanted and name not in wanted:
             continue
-        venv = home / name
-        shutil.rmtree(venv, ignore_errors=True)
-        session.run(sys.executable, "-m", "venv", str(venv))
-        (venv / site / "_flemme_torch_base.pth").write_text(str((base / site).resolve()) + "\n")
-        extra = "[test]"
-        session.log(f"== {name}: {project.relative_to(ROOT) if project != ROOT else '.'}{extra} and its local dependencies")
-        session.run(str(venv / "bin/python"), "-m", "pip", "install", "-q", f"{project}{extra}",
-                    *_local_requirements(project))
-        session.run(str(venv / "bin/python"), "-m", "pip", "check")
-        session.run(str(venv / "bin/pytest"), tests, "-p", "no:cacheprovider", "-x", "-q", external=True)
+        try:
+            _isolated_run(session, home, base, site, name, project, tests)
+        except nox.command.CommandFailed:
+            failed.append(name)
+    if failed:
+        session.error(f"failed in isolation: {', '.join(failed)}")
+
+
+def _isolated_run(session: nox.Session, home: Path, base: Path, site: str, name: str, project: Path,
+                  tests: str) -> None:
+    """One target: a fresh venv over the torch base, the project with its test extra, its tests."""
+    import shutil
+    import sys
+
+    venv = home / name
+    shutil.rmtree(venv, ignore_errors=True)
+    session.run(sys.executable, "-m", "venv", str(venv))
+    (venv / site / "_flemme_torch_base.pth").write_text(str((base / site).resolve()) + "\n")
+    extra = "[test]"
+    session.log(f"== {name}: {project.relative_to(ROOT) if project != ROOT else '.'}{extra} and its local dependencies")
+    session.run(str(venv / "bin/python"), "-m", "pip", "install", "-q", f"{project}{extra}",
+                *_local_requirements(project), "pytest")  # the runner, for a plugin without a test extra
+    session.run(str(venv / "bin/python"), "-m", "pip", "check")
+    session.run(str(venv / "bin/pytest"), tests, "-p", "no:cacheprovider", "-x", "-q", external=True)
 
 
 @nox.session

@@ -17,13 +17,12 @@ import click
 
 
 def data_source(value: str) -> dict[str, Any]:
-    """``--data``: a preset name, a Decathlon datalist JSON, or IMAGES_DIR:LABELS_DIR."""
-    if value.endswith(".json"):
-        return {"datalist": value}
-    if ":" in value:
-        images, labels = value.split(":", 1)
-        return {"images": images, "labels": labels}
-    return {"preset": value}
+    """``--data``: a preset, a datalist JSON, IMAGES_DIR:LABELS_DIR or a Decathlon/nnU-Net folder
+    (:func:`flemme_core.data.sources.data_argument`)."""
+    from .data.sources import data_argument
+    from .registry import get_registry
+
+    return data_argument(value, sorted(get_registry().components("dataset")))
 
 
 def _overrides(flags: dict[str, Any]) -> dict[str, Any]:

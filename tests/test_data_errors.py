@@ -190,10 +190,11 @@ def test_config_mistakes(cfg, pattern):
     one_line(e)
 
 
-def test_file_sources_need_num_classes(nifti_root):
+def test_file_sources_num_classes_must_be_positive(nifti_root):
+    """Left out, the data says it (tests/test_data_folders.py); given, it must be a count."""
     root, _ = nifti_root
-    with pytest.raises(ConfigError, match="data.num_classes is required") as e:
-        check_data({"images": str(root / "images"), "labels": str(root / "labels")})
+    with pytest.raises(ConfigError, match="data.num_classes must be a positive integer") as e:
+        check_data({"images": str(root / "images"), "labels": str(root / "labels"), "num_classes": 0})
     one_line(e)
 
 

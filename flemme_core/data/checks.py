@@ -121,6 +121,27 @@ def check_arrays(items: Sequence[dict[str, np.ndarray]], *, dims: int, num_class
     return facts
 
 
+def scan_num_classes(items: Sequence[dict[str, str]]) -> int:
+    """Classes of label files that do not say how many there are: the largest value + 1 (at least
+    2: background and one class); non-integer label values are one line."""
+    from monai.transforms import LoadImage
+
+    with quiet_readers():
+        loader = LoadImage(image_only=True)
+    top = 0
+    for item in items:
+        if "label" not in item:
+            continue
+        label = np.asarray(_load(loader, Path(item["label"])))
+        if label.size and not np.all(np.mod(label, 1) == 0):
+            raise DataError(f"label {Path(item['label']).name} has non-integer values; labels are class indices "
+                            "(0 = background), or set data.num_classes and remap them")
+        if label.size and label.min() < 0:
+            raise DataError(f"label {Path(item['label']).name} has negative values; labels are class indices 0..K-1")
+        top = max(top, int(label.max()) if label.size else 0)
+    return max(2, top + 1)
+
+
 def check_files(items: Sequence[dict[str, str]], *, num_classes: int, check_values: bool = True,
                 where: str = "data") -> list[ItemFacts]:
     """Read every image/label pair with MONAI (as training will) and check shapes, affines and values."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, unknown_name_message
@@ -179,6 +180,21 @@ def _file_items(cfg: DataConfig, seed: int) -> tuple[list[dict], list[dict], str
     return train, val, desc
 
 
+def _classes_from_data(cfg: DataConfig, items: list[dict]) -> tuple[int, list[str]]:
+    """``data.num_classes``, else what the data says: a Decathlon/nnU-Net ``dataset.json``'s
+    ``labels`` (beside the datalist, or above the images folder), else the largest label value
+    in the label files + 1. Returns the count and the declared class names (or [])."""
+    from .sources import declared_labels
+
+    listed = Path(cfg.datalist) if cfg.datalist else Path(cfg.images).parent / "dataset.json"
+    names = declared_labels(listed) if listed.is_file() else []
+    if cfg.num_classes is not None:
+        return cfg.num_classes, names if len(names) == cfg.num_classes else []
+    if names:
+        return len(names), names
+    return checks.scan_num_classes(items), []
+
+
 def build_datasets(data: Mapping[str, Any] | DataConfig, *, seed: int = 0) -> tuple[Any, Any, DataInfo]:
     """Checked train and held-out MONAI datasets (CacheDataset when ``cache``) and the DataInfo."""
     from monai.data import CacheDataset, Dataset
@@ -204,11 +220,13 @@ def build_datasets(data: Mapping[str, Any] | DataConfig, *, seed: int = 0) -> tu
         if task == "reconstruction" and "kspace" not in section and "denoise" not in section:
             section["kspace"] = True  # an image-only preset needs an input/target pair
     else:
-        if cfg.num_classes is None or not isinstance(cfg.num_classes, int) or cfg.num_classes < 1:
-            raise ConfigError("data.num_classes is required for datalist/folder data (count the background), "
-                              f"got {cfg.num_classes!r}")
+        if cfg.num_classes is not None and (not isinstance(cfg.num_classes, int) or isinstance(cfg.num_classes, bool)
+                                            or cfg.num_classes < 1):
+            raise ConfigError("data.num_classes must be a positive integer (count the background), "
+                              f"got {cfg.num_classes!r}; or leave it out to take it from the data")
         train_items, val_items, desc = _file_items(cfg, seed)
-        from_files, num_classes, task, has_label = True, cfg.num_classes, "segmentation", True
+        num_classes, declared = _classes_from_data(cfg, train_items + val_items)
+        from_files, task, has_label = True, "segmentation", True
         name = cfg.datalist or str(cfg.images)
         if cfg.check:
             facts = checks.check_files(train_items, num_classes=num_classes, where="training")
@@ -218,7 +236,7 @@ def build_datasets(data: Mapping[str, Any] | DataConfig, *, seed: int = 0) -> tu
             facts = checks.check_files(train_items[:1], num_classes=num_classes, check_values=False)
             val_facts = []
         notes = checks.file_notes(facts + val_facts) + outside_notes(cfg, train_items + val_items)
-        dims, patch, class_names = len(facts[0].spatial), cfg.patch_size, []
+        dims, patch, class_names = len(facts[0].spatial), cfg.patch_size, declared
         spacing = facts[0].spacing
         section.setdefault("normalize", "zscore")
         steps = []

@@ -45,8 +45,18 @@ def _entries(folder: Path, what: str) -> dict[str, Path]:
 
 
 def folder_pairs(images: str | Path, labels: str | Path) -> list[FileItem]:
-    """Pair files (or DICOM series folders) of two folders by matching stems, sorted by stem."""
+    """Pair files (or DICOM series folders) of two folders by matching stems, sorted by stem.
+
+    nnU-Net's raw layout names single-channel images ``case_0000`` beside the label ``case``:
+    that channel suffix is matched too; several channels (``_0001``) are refused in one line.
+    """
     imgs, labs = _entries(Path(images), "images"), _entries(Path(labels), "labels")
+    if imgs and all(k not in labs for k in imgs) and all(k[-5:-4] == "_" and k[-4:].isdigit() for k in imgs):
+        channels = sorted({k[-4:] for k in imgs})
+        if channels != ["0000"]:
+            raise DataError(f"{images} holds nnU-Net images with {len(channels)} channels (_{', _'.join(channels)}); "
+                            "flemme reads one file per image: merge the channels into one multi-channel file")
+        imgs = {k[:-5]: v for k, v in imgs.items()}
     if not imgs:
         raise DataError(f"no image files in {images} (looked for {', '.join(IMAGE_SUFFIXES[:8])}, ... or DICOM "
                         "series folders); put the images there or fix data.images")
@@ -56,6 +66,58 @@ def folder_pairs(images: str | Path, labels: str | Path) -> list[FileItem]:
         raise DataError(f"no label in {labels} for image(s) {shown} (labels are matched to images by file stem); "
                         "add the label files or remove those images")
     return [{"image": str(imgs[k].resolve()), "label": str(labs[k].resolve())} for k in sorted(imgs)]
+
+
+def declared_labels(path: str | Path) -> list[str]:
+    """Class names, background first, from a Decathlon/nnU-Net ``dataset.json``'s ``labels``
+    (Decathlon: ``{"0": "background", "1": "edema"}``; nnU-Net v2: ``{"background": 0, "edema": 1}``;
+    region labels, lists of values, are not classes); ``[]`` when it declares none."""
+    from ..safeload import load_json_text
+
+    try:
+        doc = load_json_text(Path(path).read_text(), f"datalist {path}", DataError)
+    except (OSError, DataError):
+        return []
+    labels = doc.get("labels") if isinstance(doc, dict) else None
+    if not isinstance(labels, dict) or not labels:
+        return []
+    pairs = []
+    for key, value in labels.items():
+        index, name = (key, value) if str(key).strip().isdigit() else (value, key)
+        if not (isinstance(index, int) or str(index).strip().isdigit()):
+            return []
+        pairs.append((int(index), str(name)))
+    pairs.sort()
+    if [i for i, _ in pairs] != list(range(len(pairs))):
+        return []  # not 0..K-1: count from the label files instead
+    return [name for _, name in pairs]
+
+
+def data_argument(value: str, presets: list[str]) -> dict[str, str]:
+    """``--data``: a preset name, a datalist JSON, ``IMAGES:LABELS`` folders, or a Decathlon /
+    nnU-Net raw folder (``dataset.json`` with a ``training`` list, or ``imagesTr/`` + ``labelsTr/``).
+    Anything else is one line saying it is neither a preset nor a usable folder."""
+    from ..errors import unknown_name_message
+
+    if value.endswith(".json"):
+        return {"datalist": value}
+    if ":" in value:
+        images, labels = value.split(":", 1)
+        return {"images": images, "labels": labels}
+    folder = Path(value)
+    if folder.is_dir():
+        listed = folder / "dataset.json"
+        if listed.is_file() and '"training"' in listed.read_text(errors="replace")[:1_000_000]:
+            return {"datalist": str(listed)}
+        if (folder / "imagesTr").is_dir() and (folder / "labelsTr").is_dir():
+            return {"images": str(folder / "imagesTr"), "labels": str(folder / "labelsTr")}
+        raise DataError(f"--data {value}: the folder is not a dataset (no dataset.json with a training list, no "
+                        "imagesTr/ + labelsTr/); give IMAGES:LABELS folders, a datalist .json or a preset")
+    if value in presets:
+        return {"preset": value}
+    hint = unknown_name_message("dataset preset", value, presets, "see `flemme list datasets`")
+    raise DataError(f"--data {value!r} is neither a dataset preset nor a folder (no folder {folder} exists): "
+                    f"{hint}; or give a data folder (IMAGES:LABELS, a datalist .json, a Decathlon/nnU-Net folder)")
 
 
 def read_datalist(path: str | Path, base_dir: str | Path | None = None) -> tuple[list[FileItem], list[FileItem]]:
