@@ -189,3 +189,9 @@ def test_checkpoints_record_where_their_plugins_came_from(ckpt):
     assert isinstance(recorded, dict)
     assert provenance_of(["flemme-core"]).get("flemme-core")  # installed: a path, a URL or an index
     assert provenance_of(["surely-not-installed-xyz"]) == {}
+
+
+@pytest.mark.parametrize("item, needle", [("train.sw_batch_size=x", "train.sw_batch_size must be a positive integer"),
+                                          ("train.overlap=abc", "train.overlap must be a number")])
+def test_eval_set_values_of_the_wrong_type_are_one_line(ckpt, item, needle):
+    one_error(run("eval", ckpt, "--set", item), needle)

@@ -147,6 +147,7 @@ def train_config_from_dict(data: Mapping[str, Any] | None) -> TrainConfig:
     if cfg.clip is not None:
         cfg.clip = _number(cfg.clip, "train.clip")
         cfg.clip = cfg.clip or None
+    cfg.overlap = _number(cfg.overlap, "train.overlap")
     if not 0.0 <= cfg.overlap < 1.0:
         raise ConfigError(f"train.overlap must be in [0, 1), got {cfg.overlap!r}")
     if not (isinstance(cfg.betas, (list, tuple)) and len(cfg.betas) == 2):

@@ -91,8 +91,12 @@ def evaluate_checkpoint(checkpoint: str | Path, data: dict[str, Any] | None = No
                               "evaluate on data with the same classes")
     settings = _settings(model, extra, dev, info.num_classes, info.class_names, info.spacing)
     settings.task.check_metric_requirements(settings.metrics)
-    settings.sw_batch_size = int(sw_sets.get("sw_batch_size", settings.sw_batch_size))
-    settings.overlap = float(sw_sets.get("overlap", settings.overlap))
+    if sw_sets:
+        from .config import train_config_from_dict
+
+        checked = train_config_from_dict(sw_sets)  # the train: section's own checks: one line per bad value
+        settings.sw_batch_size = checked.sw_batch_size if "sw_batch_size" in sw_sets else settings.sw_batch_size
+        settings.overlap = checked.overlap if "overlap" in sw_sets else settings.overlap
     metrics, extras = _metrics(model, val_ds, train_ds, settings, per_item)
     result = {"checkpoint": str(checkpoint), "data": info.name, "held_out": info.held_out_description,
               "task": task_of(model).name, "num_items": len(val_ds), "parameters": count_parameters(model),
