@@ -49,55 +49,74 @@ def run_flemme(config: str, steps: int, out: str) -> dict:
     return {"seconds_per_step": _median(trainer.step_seconds[3:]), "peak_mb": _peak_mb(trainer.device)}
 
 
-def run_plain(config: str, steps: int) -> dict:
-    """A textbook MONAI loop: DataLoader (random sampling), DiceCELoss, AdamW, warm-up + cosine, clipping."""
+def plain_monai_loop(run, model, steps: int | None = None, max_seconds: float | None = None,
+                     schedule: str = "cosine") -> list[float]:
+    """A textbook MONAI loop: DataLoader (random sampling), DiceCELoss, AdamW, clipping, and either
+    warm-up + cosine over ``steps`` or a constant learning rate. Trains ``model`` in place until
+    ``steps`` steps or ``max_seconds`` of step time; returns the per-step seconds.
+    ``run`` is a flemme RunConfig: its data section and train.lr/weight_decay/warmup/clip/seed."""
     import math
 
     import torch
     from monai.data import DataLoader, list_data_collate
     from monai.losses import DiceCELoss
 
-    from flemme_core.build import build_model
     from flemme_core.data import build_datasets, data_config_from_dict
-    from flemme_core.training import load_run_config
-    from flemme_core.training.setup import complete_model_config, pick_device
+    from flemme_core.training.setup import pick_device
 
-    run = load_run_config(config)
     cfg = run.train
     device = pick_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    train_ds, _, info = build_datasets(run.data, seed=cfg.seed)
-    model = build_model(complete_model_config(run.model, info)).to(device)
+    model.to(device)
+    train_ds, _, _ = build_datasets(run.data, seed=cfg.seed)
     data = data_config_from_dict(run.data)
-    sampler = torch.utils.data.RandomSampler(train_ds, replacement=True, num_samples=steps * data.batch_size)
+    draws = (steps or 10**6) * data.batch_size
+    sampler = torch.utils.data.RandomSampler(train_ds, replacement=True, num_samples=draws)
     loader = DataLoader(train_ds, batch_size=data.batch_size, sampler=sampler, num_workers=data.num_workers,
                         collate_fn=list_data_collate, drop_last=True)  # one training volume: draw with replacement
     loss_fn = DiceCELoss(softmax=True, to_onehot_y=True)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warm = int(cfg.warmup * steps) if cfg.warmup < 1 else int(cfg.warmup)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / (steps - warm))))
-    times, step = [], 0
+    if schedule == "cosine":
+        warm = int(cfg.warmup * steps) if cfg.warmup < 1 else int(cfg.warmup)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / (steps - warm))))
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    times: list[float] = []
     model.train()
     tick = time.perf_counter()
-    while step < steps:
-        for batch in loader:
-            x, y = batch["image"].to(device), batch["label"].to(device)
-            loss = loss_fn(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-            opt.step()
-            sched.step()
-            float(loss)  # both loops read the loss every step
-            step += 1
-            now = time.perf_counter()
-            times.append(now - tick)
-            tick = now
-            if step >= steps:
-                break
-    return {"seconds_per_step": _median(times[3:]), "peak_mb": _peak_mb(device)}
+    for batch in loader:
+        x, y = batch["image"].to(device), batch["label"].to(device)
+        loss = loss_fn(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+        opt.step()
+        sched.step()
+        float(loss)  # both loops read the loss every step
+        now = time.perf_counter()
+        times.append(now - tick)
+        tick = now
+        if (steps and len(times) >= steps) or (max_seconds and sum(times) >= max_seconds):
+            break
+    return times
+
+
+def run_plain(config: str, steps: int) -> dict:
+    """The plain loop with the same network, data, loss and optimiser as the flemme run."""
+    import torch
+
+    from flemme_core.build import build_model
+    from flemme_core.data import build_datasets
+    from flemme_core.training import load_run_config
+    from flemme_core.training.setup import complete_model_config, pick_device
+
+    run = load_run_config(config)
+    torch.manual_seed(run.train.seed)
+    _, _, info = build_datasets(run.data, seed=run.train.seed)
+    model = build_model(complete_model_config(run.model, info))
+    times = plain_monai_loop(run, model, steps=steps)
+    return {"seconds_per_step": _median(times[3:]), "peak_mb": _peak_mb(pick_device(run.train.device))}
 
 
 def child(args: argparse.Namespace) -> None:

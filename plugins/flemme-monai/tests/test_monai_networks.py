@@ -21,15 +21,15 @@ from flemme_core.errors import ConfigError, ShapeError
 #: name -> (tiny arch_options, (2D size, 3D size), MONAI class, its kwargs beside dims/channels)
 TINY = {
     "monai-unet": ({"channels": [4, 8, 16], "num_res_units": 1}, (32, 16), nets.UNet,
-                   dict(channels=(4, 8, 16), strides=(2, 2), num_res_units=1)),
+                   {"channels": (4, 8, 16), "strides": (2, 2), "num_res_units": 1}),
     "monai-basicunet": ({"features": [4, 4, 8, 8, 16, 4]}, (32, 32), nets.BasicUNet,
-                        dict(features=(4, 4, 8, 8, 16, 4))),
+                        {"features": (4, 4, 8, 8, 16, 4)}),
     "monai-dynunet": ({"filters": [8, 16, 16]}, (32, 16), nets.DynUNet,
-                      dict(kernel_size=[3, 3, 3], strides=[1, 2, 2], upsample_kernel_size=[2, 2], filters=[8, 16, 16])),
+                      {"kernel_size": [3, 3, 3], "strides": [1, 2, 2], "upsample_kernel_size": [2, 2], "filters": [8, 16, 16]}),
     "monai-unetr": ({"hidden_size": 48, "num_heads": 4, "feature_size": 8}, (32, 16), nets.UNETR,
-                    dict(hidden_size=48, mlp_dim=192, num_heads=4, feature_size=8)),
+                    {"hidden_size": 48, "mlp_dim": 192, "num_heads": 4, "feature_size": 8}),
     "monai-swinunetr": ({"feature_size": 12, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1]}, (64, [64, 32, 32]), nets.SwinUNETR,
-                        dict(feature_size=12, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1))),
+                        {"feature_size": 12, "depths": (1, 1, 1, 1), "num_heads": (1, 1, 1, 1)}),
 }
 
 
