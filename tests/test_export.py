@@ -20,6 +20,7 @@ from model_configs import tiny_model_config
 from flemme_core import build_model, save_model
 from flemme_core.cli import main
 from flemme_core.registry import get_registry
+from flemme_core.testing import family_dims
 
 pytest.importorskip("onnxruntime", reason="flemme-core[export] not installed")
 pytest.importorskip("onnxscript", reason="flemme-core[export] not installed")
@@ -28,6 +29,8 @@ from flemme_core.export.exporter import RTOL, ExportError, export_checkpoint
 from flemme_core.export.metadata import read_exported_metadata
 
 FAMILIES = sorted(get_registry().components("encoder"))
+#: every installed family in each dimension it declares (the conformance kit's ``dims=``)
+FAMILY_DIMS = [(family, dims) for family in FAMILIES for dims in family_dims(family)]
 
 
 def _relative(out: np.ndarray, ref: np.ndarray) -> float:
@@ -48,8 +51,7 @@ def _checkpoint(tmp_path, family="cnn", arch="unet", dims=2, **extra):
     return model, path
 
 
-@pytest.mark.parametrize("dims", [2, 3])
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family,dims", FAMILY_DIMS)
 def test_every_family_exports_to_onnx_and_runs_in_onnxruntime(tmp_path, family, dims):
     model, ckpt = _checkpoint(tmp_path, family, "unet", dims)
     out = tmp_path / "model.onnx"
@@ -184,3 +186,41 @@ def test_predict_enforces_the_recorded_shape_rule(tmp_path):
     assert model.predict(torch.randn(1, 1, 32 + multiple, 32)).shape == (1, 2, 32 + multiple, 32)
     with pytest.raises(ShapeError, match=f"multiples of {multiple}"):
         model.predict(torch.randn(1, 1, 33, 32))
+
+
+STUDENT = {"name": "cnn", "channels": [8, 16], "norm": "group"}
+TEACHER = {"name": "mmfd", "branches": [STUDENT, {"name": "cnn", "channels": [8, 16, 24], "norm": "group"}],
+           "fusion": "gated"}
+ARCHS = [a for a in ("ae", "hunet", "hae") if a in get_registry().components("architecture")]
+
+
+def _arch_cases():
+    cases = [(family, arch, dims) for family, dims in FAMILY_DIMS for arch in ARCHS]
+    if "distill" in get_registry().components("architecture"):
+        cases += [("cnn", "distill", dims) for dims in (2, 3)]
+    return cases
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family,arch,dims", _arch_cases())
+def test_every_family_and_architecture_exports(tmp_path, family, arch, dims):
+    """ae, hunet, hae for every family and the distillation student, 2D and 3D: ONNX with the
+    same checks as the unet matrix (the exporter's verification plus ONNX Runtime here)."""
+    size = 32 if dims == 2 else 16
+    if arch == "distill":
+        cfg = {"arch": "distill", "dims": dims, "image_size": size, "encoder": STUDENT,
+               "arch_options": {"teacher": TEACHER}}
+    else:
+        cfg = tiny_model_config(family, arch, dims, size)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    ckpt = save_model(model, tmp_path / "m.safetensors")
+    try:
+        meta = export_checkpoint(ckpt, tmp_path / "m.onnx")
+    except ExportError as exc:
+        pytest.fail(f"{family} {arch} {dims}D does not export to ONNX: {exc}")
+    session = _ort(tmp_path / "m.onnx")
+    x = torch.randn(2, 1, *meta["input"]["patch_size"])
+    with torch.no_grad():
+        ref = model.predict(x).numpy()
+    assert _relative(session.run(None, {"image": x.numpy()})[0], ref) <= RTOL
