@@ -82,7 +82,7 @@ def test_tiny_study_writes_every_report_column(full):
     # the paired mean difference is the difference of the rows' means (same seeds, same items)
     assert p["diff"] == pytest.approx(_mean_item_dice(full, ROWS[1]) - _mean_item_dice(full, ROWS[0]))
     md = (full / "report.md").read_text()
-    for column in ("dice", "dice/disk-1", "hd95", "Δ dice vs baseline [95% CI]", "better", "params", "MACs/sample",
+    for column in ("dice", "dice/disk-1", "hd95", "Δ item dice vs baseline [95% CI]", "better", "params", "MACs/sample",
                    "train s/step", "train s", "infer ms", "peak MB", *ROWS):
         assert column in md
     lines = [ln for ln in md.splitlines() if ln.startswith("|")]

@@ -133,7 +133,7 @@ def _paired_cell(e: dict[str, Any]) -> tuple[str, str]:
 def markdown_table(entries: list[dict[str, Any]]) -> str:
     cols = _columns(entries)
     metric = entries[0]["metric"]
-    head = ["row", "seeds", *cols, f"Δ {metric} vs baseline [95% CI]", "better", "params", "MACs/sample",
+    head = ["row", "seeds", *cols, f"Δ item {metric} vs baseline [95% CI]", "better", "params", "MACs/sample",
             "train s/step", "train s", "infer ms", "peak MB"]
     lines = []
     for e in entries:
@@ -154,9 +154,11 @@ def markdown(study: dict[str, Any], entries: list[dict[str, Any]], missing: list
     budget = study.get("budget_text", "")
     out = [f"## Study {study['name']}", "",
            (f"Budget per cell: {budget or 'train.steps'}; seeds {', '.join(map(str, study['seeds']))}; "
-           f"baseline {study['baseline']}. Metrics: mean ± std over seeds on the held-out items; Δ: paired "
-           "difference with the baseline over the same seeds and items, 95% hierarchical bootstrap interval "
-           "(seeds, then items); better: seeds in which the row's mean is better. MACs per sample: one "
+           f"baseline {study['baseline']}. Metrics: mean ± std over seeds of the held-out metric (pooled over "
+           "the held-out items, as `flemme eval` reports it); Δ: paired difference with the baseline of each "
+           "held-out item's own metric over the same seeds and items (so on a few items its sign can differ "
+           "from that of the pooled means), with a 95% hierarchical bootstrap interval (seeds, then items); "
+           "better: seeds in which the row's per-item mean is better. MACs per sample: one "
            "forward of one training patch (torch.utils.flop_counter; custom kernels such as mamba's scan are "
            "not counted). infer ms: one whole held-out image at 1 thread. peak MB: peak memory of the cell's "
            "process (RSS on CPU, allocated on CUDA).")]
