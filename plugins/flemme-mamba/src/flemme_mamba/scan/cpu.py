@@ -11,6 +11,7 @@ gradcheck); other dtypes are converted and the results converted back.
 from __future__ import annotations
 
 import ctypes
+import os
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,31 @@ from .build import ScanArgs, load_kernel
 CHUNK = 64
 _PAD = 8  # the kernel works on vectors of 8 floats: N is zero-padded to a multiple of 8
 MAX_STATE = 256  # at most 32 such vectors per channel (kMaxVecs in csrc/selective_scan.cpp)
+
+
+_last_threads = 1
+
+
+def scan_threads() -> int:
+    """Threads for one kernel call: torch's thread count, capped to the cores other processes
+    leave idle. The kernel's OpenMP threads spin while they wait; on a shared or oversubscribed
+    CPU two of them ran 2-4x slower than one (0.38-0.46x the 1-thread speed, measured on a
+    2-core machine shared by several jobs), so the kernel uses only the cores that the 1-minute
+    load average (minus this process's own scan threads) leaves free, and never fewer than 1.
+    ``FLEMME_MAMBA_THREADS=n`` fixes the count. The PyTorch ops around the kernel keep torch's."""
+    global _last_threads
+    fixed = os.environ.get("FLEMME_MAMBA_THREADS", "").strip()
+    want = int(fixed) if fixed.isdigit() and int(fixed) > 0 else torch.get_num_threads()
+    if fixed or want <= 1:
+        return max(1, want)
+    try:
+        load = os.getloadavg()[0]
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    except OSError:
+        return want
+    others = max(0.0, load - _last_threads)
+    _last_threads = max(1, min(want, int(cores - others + 0.5)))
+    return _last_threads
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
@@ -56,7 +82,7 @@ class CppScanCore(torch.autograd.Function):
         ckpt = torch.empty(batch, channels, -(-length // chunk), n_pad, dtype=dtype)
         args = ScanArgs(u=_ptr(uc), dt=_ptr(dtc), A=_ptr(Ap), B=_ptr(Bt), C=_ptr(Ct), D=_ptr(Dc), out=_ptr(out),
                         ckpt=_ptr(ckpt), batch=batch, channels=channels, groups=groups, length=length,
-                        dstate=n_pad, chunk=chunk, nthreads=torch.get_num_threads())
+                        dstate=n_pad, chunk=chunk, nthreads=scan_threads())
         fn = lib.flemme_scan_fwd_f64 if dtype == torch.float64 else lib.flemme_scan_fwd_f32
         if fn(ctypes.byref(args)) != 0:
             raise RuntimeError(f"selective scan kernel rejected its arguments (N={n_pad}, groups={groups})")
@@ -78,7 +104,7 @@ class CppScanCore(torch.autograd.Function):
         args = ScanArgs(u=_ptr(uc), dt=_ptr(dtc), A=_ptr(Ap), B=_ptr(Bt), C=_ptr(Ct), D=_ptr(Dc), ckpt=_ptr(ckpt),
                         dout=_ptr(dout), du=_ptr(du), ddt=_ptr(ddt), dA=_ptr(dA), dD=_ptr(dD), dB=_ptr(dB),
                         dC=_ptr(dC), batch=batch, channels=channels, groups=groups, length=length,
-                        dstate=Ap.shape[1], chunk=chunk, nthreads=torch.get_num_threads())
+                        dstate=Ap.shape[1], chunk=chunk, nthreads=scan_threads())
         lib = load_kernel()
         fn = lib.flemme_scan_bwd_f64 if dtype == torch.float64 else lib.flemme_scan_bwd_f32
         if fn(ctypes.byref(args)) != 0:
