@@ -195,3 +195,17 @@ def test_checkpoints_record_where_their_plugins_came_from(ckpt):
                                           ("train.overlap=abc", "train.overlap must be a number")])
 def test_eval_set_values_of_the_wrong_type_are_one_line(ckpt, item, needle):
     one_error(run("eval", ckpt, "--set", item), needle)
+
+
+@pytest.mark.parametrize("section, key, value, needle", [
+    ("data", "preset", 5, "data.preset must be a name"),
+    ("data", "transforms", 5, "data.transforms must be a mapping"),
+    ("data", "cache", "x", "data.cache must be true or false"),
+    ("data", "val_fraction", "x", "data.val_fraction must be a number"),
+    ("train", "metrics", 5, "train.metrics must be a metric name or a list"),
+])
+def test_keys_of_the_wrong_type_are_one_line(tmp_path, section, key, value, needle):
+    cfg = quick()
+    cfg[section][key] = value
+    one_error(run("train", write_config(tmp_path / "c.yaml", cfg), "-o", tmp_path / "run"), needle)
+    assert not (tmp_path / "run").exists()

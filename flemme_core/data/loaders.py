@@ -61,6 +61,20 @@ def data_config_from_dict(data: Mapping[str, Any] | DataConfig) -> DataConfig:
         if key not in names:
             raise ConfigError(unknown_name_message("data key", str(key), names, "in the data section"))
     cfg = DataConfig(**dict(data))
+    for key in ("preset", "datalist", "images", "labels", "base_dir"):  # wrong types: one line naming the key
+        value = getattr(cfg, key)
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"data.{key} must be a {'name' if key == 'preset' else 'path'} (a string), got "
+                              f"{type(value).__name__} {value!r:.40}")
+    if not isinstance(cfg.transforms, Mapping):
+        raise ConfigError(f"data.transforms must be a mapping (e.g. {{flip: 0.5}}), got {cfg.transforms!r:.40}")
+    for key in ("cache", "check"):
+        if not isinstance(getattr(cfg, key), bool):
+            raise ConfigError(f"data.{key} must be true or false, got {getattr(cfg, key)!r:.40}")
+    for key in ("val_fraction", "cache_rate"):
+        value = getattr(cfg, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise ConfigError(f"data.{key} must be a number in [0, 1], got {value!r:.40}")
     sources = [k for k in ("preset", "datalist", "images") if getattr(cfg, k)]
     if len(sources) != 1:
         raise ConfigError("data needs exactly one of preset, datalist or images+labels (got "

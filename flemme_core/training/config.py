@@ -165,7 +165,10 @@ def train_config_from_dict(data: Mapping[str, Any] | None) -> TrainConfig:
     if cfg.roi_size is not None:
         cfg.roi_size = _int_list(cfg.roi_size, "train.roi_size")
     if cfg.metrics is not None:
-        cfg.metrics = [cfg.metrics] if isinstance(cfg.metrics, str) else list(cfg.metrics)
+        metrics = [cfg.metrics] if isinstance(cfg.metrics, str) else cfg.metrics
+        if not isinstance(metrics, (list, tuple)) or not all(isinstance(m, str) for m in metrics):
+            raise ConfigError(f"train.metrics must be a metric name or a list of names, got {cfg.metrics!r:.40}")
+        cfg.metrics = list(metrics)
     if not isinstance(cfg.stages, Mapping):
         raise ConfigError("train.stages must map stage names to {steps: N, lr: ...}")
     stages = {}
