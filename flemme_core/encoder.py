@@ -273,7 +273,11 @@ def resolve_defaults(family_cls: type[BlockFamily], cfg: EncoderConfig) -> Encod
 
 
 def staged_encoder(family_cls: type[BlockFamily]) -> Callable[[EncoderConfig], StagedEncoder]:
-    """The factory a plugin registers for a block family: ``register('cnn', 'pkg.mod:encoder')``."""
+    """The factory a plugin registers for a block family: ``register('cnn', 'pkg.mod:encoder')``.
+
+    Contract: ``factory.family`` is the :class:`BlockFamily` class. Other components build the
+    family's blocks from it without an encoder (:func:`registered_block_family`: the decoder of a
+    fusion or pretrained encoder); a hand-written factory sets it when it has such a family."""
 
     def factory(cfg: EncoderConfig) -> StagedEncoder:
         return StagedEncoder(family_cls, cfg)

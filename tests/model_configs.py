@@ -16,3 +16,14 @@ def tiny_model_config(encoder: str = "tiny", arch: str = "unet", dims: int = 2, 
            "dims": dims, "image_size": size, "in_channels": 1, "out_channels": 2}
     cfg.update(extra)
     return cfg
+
+
+def requires_encoders(*names: str):
+    """Mark a core test that exercises plugins' families (switching cnn -> vit, say): skipped when
+    they are not installed, as with flemme-core alone (``nox -s isolated``)."""
+    import pytest
+
+    from flemme_core.registry import get_registry
+
+    missing = [n for n in names if n not in get_registry().components("encoder")]
+    return pytest.mark.skipif(bool(missing), reason=f"needs the encoder families {', '.join(missing)} (plugins)")

@@ -9,6 +9,7 @@ import types
 import pytest
 import yaml
 from click.testing import CliRunner
+from model_configs import requires_encoders
 from train_helpers import TINY_2D, config, write_config
 
 import flemme_core
@@ -82,6 +83,7 @@ def test_changing_the_family_drops_the_previous_familys_options_and_says_so(tmp_
     assert removed.train.clip is None  # under train: null is a value (no clipping)
 
 
+@requires_encoders("cnn", "vit")
 def test_build_with_a_new_family_and_null(tmp_path):
     path = write_config(tmp_path / "cfg.yaml", config(SMALL, model={"encoder": {"name": "cnn", "block": "res_conv",
                                                                                 "norm": "instance"}}))
@@ -139,6 +141,7 @@ def _flemme_env(*args: str, **env: str):
                           timeout=120, check=False)
 
 
+@requires_encoders("cnn")
 def test_flemme_plugins_naming_nothing_is_reported_and_autoload_off_is_hinted():
     typo = _flemme_env("plugins", FLEMME_PLUGINS="cnnn")
     assert "unknown FLEMME_PLUGINS entry 'cnnn'; did you mean 'cnn'" in typo.stderr
@@ -147,6 +150,7 @@ def test_flemme_plugins_naming_nothing_is_reported_and_autoload_off_is_hinted():
     assert len(off.stderr.strip().splitlines()) == 1
 
 
+@requires_encoders("swin")
 def test_list_with_a_pattern_alone_matches_names_of_every_kind():
     result = CliRunner().invoke(main, ["list", "sw*", "--json"])
     assert result.exit_code == 0, result.output
