@@ -66,7 +66,13 @@ def test_full_clip_folder_like_plip_loads_the_vision_tower(tmp_path):
     text = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
             "vocab_size": 50, "max_position_embeddings": 16}
     full = CLIPModel(CLIPConfig(text_config=text, vision_config=VISION, projection_dim=8)).eval()
-    full.save_pretrained(tmp_path, safe_serialization=False)  # pytorch_model.bin, as PLIP ships
+    full.save_pretrained(tmp_path)
+    if (tmp_path / "model.safetensors").is_file():  # PLIP ships pytorch_model.bin (transformers 5 writes safetensors)
+        from safetensors.torch import load_file
+
+        torch.save(load_file(str(tmp_path / "model.safetensors")), tmp_path / "pytorch_model.bin")
+        (tmp_path / "model.safetensors").unlink()
+    assert (tmp_path / "pytorch_model.bin").is_file()
     mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
     (tmp_path / "preprocessor_config.json").write_text(json.dumps({"image_mean": mean, "image_std": std}))
     enc = clip_encoder({"weights": str(tmp_path)}, in_channels=1)

@@ -5,7 +5,7 @@ from flemme_core.hookspecs import hookimpl
 
 _COMMON = ("weights (local file, never downloaded), normalize (model's mean/std on [0,1] images), freeze, "
            "lora ({rank, alpha, targets: [qv]}), pyramid (extra strides, e.g. [8,16,32]), decoder (family, "
-           "default cnn); 2D only; no context injection")
+           "default {name: cnn, up: interp}); 2D only; no context injection")
 _TINY_SAM = {"embed_dim": 32, "depth": 2, "num_heads": 2, "global_attn_indexes": [1], "window_size": 2,
              "neck_channels": 16, "native_size": 64}
 _TINY_CLIP = {"config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,

@@ -14,7 +14,8 @@ that is run as published.
 * ``pyramid``: extra output strides made from the last feature map, ViTDet's simple feature
   pyramid (transposed convolutions up, max-pooling down; trainable), for architectures that
   need several levels (``hunet``) from a single-scale network (SAM, CLIP);
-* decoder blocks from a registered staged family (``decoder``, default ``cnn``) with the
+* decoder blocks from a registered staged family (``decoder``, default ``cnn`` with
+  interpolation up-sampling, as smp's U-Net decoder) with the
   common keys ``num_blocks``, ``norm``, ``act`` and ``dropout`` going to it (the network's own
   norms and activations are fixed); ``dropout`` also drops the encoder's output features, and
   ``drop_path`` is the network's stochastic depth where it has one (timm's ``drop_path_rate``);
@@ -52,7 +53,10 @@ class PretrainedOptions:
     freeze: bool = False             # no gradient into the pretrained network (adapters excepted)
     lora: Any = None                 # null, or {rank: 4, alpha: 4, targets: [qv]}
     pyramid: list[int] | None = None  # output strides from the last feature map (e.g. [8, 16, 32]); null: native
-    decoder: Any = "cnn"             # the registered family (name or {name: cnn, block: res_conv}) of the decoder
+    # The registered family (a name or {name: cnn, block: res_conv}) of the decoder's blocks. Default cnn with
+    # interpolation up-sampling, as smp's U-Net decoder: a transposed convolution over SAM's or CLIP's 16-32×
+    # last step back to the input would alone hold 17-600 M parameters.
+    decoder: Any = dataclasses.field(default_factory=lambda: {"name": "cnn", "up": "interp"})
 
     def validate(self) -> None:
         if self.lora is not None:
