@@ -139,6 +139,11 @@ def encoder_config_from_dict(data: Mapping[str, Any] | str) -> EncoderConfig:
     cfg.options = options
     if cfg.name is not None and not isinstance(cfg.name, str):
         raise ConfigError(f"model.encoder.name must be a string, got {cfg.name!r}")
+    for key in ("norm", "act"):
+        value = getattr(cfg, key)
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"model.encoder.{key} must be a name (e.g. {'instance' if key == 'norm' else 'relu'}), "
+                              f"got {type(value).__name__} {value!r:.40}")
     if cfg.channels is not None:
         cfg.channels = _int_list(cfg.channels, "model.encoder.channels")
     if cfg.num_blocks is not None and not isinstance(cfg.num_blocks, int):

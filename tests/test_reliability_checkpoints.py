@@ -115,6 +115,7 @@ def test_yaml_bombs_and_deep_nesting_are_one_line_in_build_and_train(tmp_path, t
     ("model", [1, 2], "model: "),
     ("model", {"encoder": {"name": "tiny", "options": 5}}, "model.encoder.options must be a mapping"),
     ("model", {"loss": 5}, "model.loss must be"),
+    ("model", {"encoder": {"name": "tiny", "act": [1]}}, "model.encoder.act must be a name"),
     ("data", [1], "data: must be a mapping"),
     ("train", 5, "train: must be a mapping"),
 ])
