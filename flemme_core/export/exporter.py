@@ -188,102 +188,109 @@ def _check_text(fmt: str, check: dict[str, Any]) -> str:
             f"{check['relative_error']:.2e} (tolerance {RTOL:.0e}) {ok}{extra}")
 
 
+class _Plan:
+    """What one export needs: the model, its inputs' shape rule and the log."""
+
+    def __init__(self, checkpoint: str | Path, fmt: str, log: Log):
+        from ..checkpoint import load_model, read_metadata
+
+        self.fmt, self.log = fmt, log
+        self.ckpt = read_metadata(checkpoint)
+        self.model = load_model(checkpoint, map_location="cpu").float().eval()
+        cfg = self.model.config
+        extra = dict(self.ckpt.get("extra") or {})
+        self.patch = [int(s) for s in (extra.get("roi_size") or cfg.image_size)]
+        self.stride = model_stride(self.model)
+        self.channels = int(cfg.in_channels)
+        self.second = [p + self.stride for p in self.patch]
+        self.wrapper = _Inference(self.model).eval()
+        self.what = f"{cfg.arch} with encoder {(self.ckpt['config'].get('encoder') or {}).get('name')}"
+
+    def rule(self, dynamic: bool) -> dict[str, Any]:
+        return {"in_channels": self.channels, "patch_size": self.patch, "batch": "dynamic",
+                "spatial": "dynamic" if dynamic else "fixed", "multiple_of": self.stride, "min": self.patch}
+
+    def attempt(self, tmp: str, dynamic: bool, reasons: list[str]) -> dict[str, Any] | None:
+        """Trace, write and verify once; the metadata written, or None after adding to
+        ``reasons`` why dynamic spatial axes do not work (then the caller fixes them)."""
+        fmt, fixed = self.fmt, f"spatial axes fixed at {'×'.join(map(str, self.patch))}"
+        inputs = [_example(1, self.channels, self.patch, 1),
+                  _example(2, self.channels, self.second if dynamic else self.patch, 2)]
+        trace_size = [p if p // self.stride != 1 else 2 * self.stride for p in self.patch]  # no 0/1 specialising
+        try:
+            with _quiet(), export_mode(self.model, fmt) as notes:
+                artifact = _trace(self.wrapper, fmt, _example(2, self.channels, trace_size, 0), self.stride,
+                                  self.patch, dynamic)
+            with _quiet():
+                converted = _convert(artifact, fmt, inputs[0])
+                _save(converted, fmt, tmp, _metadata(self, dynamic, notes + reasons, []))
+        except FlemmeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the tracer's or converter's refusal, in one line
+            if dynamic:
+                reasons.append(f"{fixed}: dynamic spatial export failed ({_first_line(exc)})")
+                return None
+            raise ExportError(f"cannot export {self.what} to {fmt}: {_first_line(exc)}") from None
+        with _quiet():
+            checks = verify(tmp, fmt, self.model, inputs)
+        for check in checks:
+            self.log(_check_text(fmt, check))
+        if dynamic and checks[0]["relative_error"] <= RTOL < checks[1]["relative_error"]:
+            why = checks[1].get("problem") or f"relative error {checks[1]['relative_error']:.1e}"
+            reasons.append(f"{fixed}: the dynamic graph does not reproduce the model at "
+                           f"{'×'.join(map(str, self.second))} ({_first_line(why)})")
+            return None
+        worst = max(checks, key=lambda c: c["relative_error"])
+        if worst["relative_error"] > RTOL:
+            raise ExportError(f"the exported {fmt} file does not reproduce the model (relative error "
+                              f"{worst['relative_error']:.2e} > {RTOL:.0e} on {'×'.join(map(str, worst['shape']))}"
+                              f"{'; ' + worst['problem'] if 'problem' in worst else ''}); not written")
+        meta = _metadata(self, dynamic, notes + reasons, checks)
+        with _quiet():
+            _save(converted, fmt, tmp, meta)  # the same graph, now with its verification figures
+        for note in notes + reasons:
+            self.log(f"note: {note}")
+        return meta
+
+
 def export_checkpoint(checkpoint: str | Path, output: str | Path, fmt: str = "auto",
                       log: Log | None = None) -> dict[str, Any]:
     """Export a checkpoint's inference to ``output``; returns the metadata written.
 
     Nothing is left at ``output`` unless the file passed verification (written to a temporary
     file beside it, renamed at the end)."""
-    from ..checkpoint import atomic_write, load_model, read_metadata
+    from ..checkpoint import atomic_write
 
-    log = log or (lambda text: None)
     fmt = check_format(fmt, output)
     require(fmt)
-    ckpt = read_metadata(checkpoint)
-    model = load_model(checkpoint, map_location="cpu").float().eval()
-    extra = dict(ckpt.get("extra") or {})
-    cfg = model.config
-    patch = [int(s) for s in (extra.get("roi_size") or cfg.image_size)]
-    stride = model_stride(model)
-    channels = int(cfg.in_channels)
-    trace_size = [p if p // stride != 1 else 2 * stride for p in patch]
-    second = [p + stride for p in patch]
-    wrapper = _Inference(model).eval()
-    encoder = (ckpt["config"].get("encoder") or {}).get("name")
+    plan = _Plan(checkpoint, fmt, log or (lambda text: None))
     result: dict[str, Any] = {}
 
     def build(tmp: str) -> None:
         reasons: list[str] = []
-        for dynamic in (True, False):  # dynamic spatial axes first; fixed if the model specialises
-            try:
-                with _quiet(), export_mode(model, fmt) as notes:
-                    artifact = _trace(wrapper, fmt, _example(2, channels, trace_size, 0), stride, patch, dynamic)
-            except FlemmeError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - the tracer's refusal, in one line
-                if dynamic:
-                    reasons.append(f"spatial axes fixed at {'×'.join(map(str, patch))}: dynamic spatial export "
-                                   f"failed ({_first_line(exc)})")
-                    continue
-                raise ExportError(f"cannot export {cfg.arch} with encoder {encoder} to {fmt}: "
-                                  f"{_first_line(exc)}") from None
-            rule = {"in_channels": channels, "patch_size": patch, "batch": "dynamic",
-                    "spatial": "dynamic" if dynamic else "fixed", "multiple_of": stride,
-                    "min": patch}
-            inputs = [_example(1, channels, patch, 1), _example(2, channels, second if dynamic else patch, 2)]
-            meta = _metadata(ckpt, model, fmt, rule, notes + reasons, [])
-            try:
-                with _quiet():
-                    converted = _convert(artifact, fmt, inputs[0])
-                    _save(converted, fmt, tmp, meta)
-            except Exception as exc:  # noqa: BLE001 - the converter's refusal, in one line
-                if dynamic:
-                    reasons.append(f"spatial axes fixed at {'×'.join(map(str, patch))}: the dynamic graph could "
-                                   f"not be converted ({_first_line(exc)})")
-                    continue
-                raise ExportError(f"cannot export {cfg.arch} with encoder {encoder} to {fmt}: "
-                                  f"{_first_line(exc)}") from None
-            with _quiet():
-                checks = verify(tmp, fmt, model, inputs)
-            for check in checks:
-                log(_check_text(fmt, check))
-            if dynamic and checks[0]["relative_error"] <= RTOL < checks[1]["relative_error"]:
-                reasons.append(f"spatial axes fixed at {'×'.join(map(str, patch))}: the dynamic graph does not "
-                               f"reproduce the model at {'×'.join(map(str, second))} "
-                               f"({_first_line(checks[1].get('problem') or 'relative error {:.1e}'.format(checks[1]['relative_error']))})")
-                continue
-            if any(c["relative_error"] > RTOL for c in checks):
-                worst = max(checks, key=lambda c: c["relative_error"])
-                raise ExportError(f"the exported {fmt} file does not reproduce the model (relative error "
-                                  f"{worst['relative_error']:.2e} > {RTOL:.0e} on {'×'.join(map(str, worst['shape']))}"
-                                  f"{'; ' + worst['problem'] if 'problem' in worst else ''}); not written")
-            meta = _metadata(ckpt, model, fmt, rule, notes + reasons, checks)
-            with _quiet():
-                _save(converted, fmt, tmp, meta)
-            for note in notes + reasons:
-                log(f"note: {note}")
-            result.update(meta)
-            return
+        meta = plan.attempt(tmp, True, reasons) or plan.attempt(tmp, False, reasons)
+        result.update(meta or {})
 
     with _quiet():
         atomic_write(output, build)
     return result
 
 
-def _metadata(ckpt: dict[str, Any], model: nn.Module, fmt: str, rule: dict[str, Any], notes: list[str],
-              checks: list[dict[str, Any]]) -> dict[str, Any]:
+def _metadata(plan: _Plan, dynamic: bool, notes: list[str], checks: list[dict[str, Any]]) -> dict[str, Any]:
     import importlib.metadata as md
 
     exported_with = {"torch": torch.__version__}
-    if fmt == "onnx":
+    if plan.fmt == "onnx":
         for name in ("onnx", "onnxscript", "onnxruntime"):
             with contextlib.suppress(md.PackageNotFoundError):
                 exported_with[name] = md.version(name)
-    return {"format": FORMAT, "format_name": fmt, "config": ckpt["config"], "versions": ckpt["versions"],
+    ckpt = plan.ckpt
+    return {"format": FORMAT, "format_name": plan.fmt, "config": ckpt["config"], "versions": ckpt["versions"],
             "components": ckpt["components"], "parameters": ckpt.get("parameters", 0),
-            "extra": ckpt.get("extra") or {}, "task": getattr(model, "task", "segmentation"), "input": rule,
-            "notes": notes, "verification": checks, "exported_with": exported_with, "rtol": RTOL,
-            "description": FORMATS[fmt][1]}
+            "extra": ckpt.get("extra") or {}, "task": getattr(plan.model, "task", "segmentation"),
+            "input": plan.rule(dynamic), "notes": notes,
+            "verification": checks, "exported_with": exported_with, "rtol": RTOL,
+            "description": FORMATS[plan.fmt][1]}
 
 
 __all__ = ["RTOL", "ExportError", "export_checkpoint", "model_stride", "verify"]

@@ -29,10 +29,34 @@ class NotExportable(FlemmeError):
 
 
 @contextlib.contextmanager
+def sdpa_as_4d() -> Iterator[None]:
+    """``F.scaled_dot_product_attention`` on 3D ``(batch, tokens, dim)`` inputs runs as 4D with
+    one head (the same math): torch's ONNX exporter translates only 4D attention, and
+    libraries (timm's SAM windows) call it on 3D tensors."""
+    import torch.nn.functional as F
+
+    original = F.scaled_dot_product_attention
+
+    def lifted(query, key, value, attn_mask=None, *args, **kwargs):
+        if query.dim() != 3:
+            return original(query, key, value, attn_mask, *args, **kwargs)
+        mask = attn_mask.unsqueeze(1) if attn_mask is not None and attn_mask.dim() == 3 else attn_mask
+        out = original(query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1), mask, *args, **kwargs)
+        return out.squeeze(1)
+
+    F.scaled_dot_product_attention = lifted
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = original
+
+
+@contextlib.contextmanager
 def export_mode(model, fmt: str) -> Iterator[list[str]]:
     """Put every module of ``model`` that implements ``export_mode`` into it; yields the notes."""
     notes: list[str] = []
     with contextlib.ExitStack() as stack:
+        stack.enter_context(sdpa_as_4d())
         for module in model.modules():
             hook = getattr(module, "export_mode", None)
             if not callable(hook):
