@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from importlib.metadata import EntryPoint
+from pathlib import Path
 from typing import Any
 
 from click.testing import CliRunner, Result
@@ -43,3 +44,15 @@ class FakeDist:
         self.metadata = {"Name": name}
         self.version = version
         self.entry_points = [EntryPoint(ep, value, "flemme") for ep, value in entry_points.items()]
+
+
+def trained_folder(folder: Path, cfg: dict[str, Any]) -> Path:
+    """Train ``cfg`` into ``folder/run`` (config at ``folder/cfg.yaml``) and write a 32x32 ``folder/img.png``."""
+    import numpy as np
+    from PIL import Image
+    from train_helpers import write_config
+
+    result = run("train", write_config(folder / "cfg.yaml", cfg), "-o", folder / "run", "-q")
+    assert result.exit_code == 0, result.output
+    Image.fromarray((np.random.default_rng(0).random((32, 32)) * 255).astype(np.uint8)).save(folder / "img.png")
+    return folder

@@ -10,10 +10,8 @@ import json
 import textwrap
 import time
 
-import numpy as np
 import pytest
-from PIL import Image
-from reliability_helpers import FakeDist, one_error, quick, run
+from reliability_helpers import FakeDist, one_error, quick, run, trained_folder
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from train_helpers import write_config
@@ -25,12 +23,7 @@ QUICK = quick()
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ck")
-    cfg = write_config(folder / "cfg.yaml", QUICK)
-    result = run("train", cfg, "-o", folder / "run", "-q")
-    assert result.exit_code == 0, result.output
-    Image.fromarray((np.random.default_rng(0).random((32, 32)) * 255).astype(np.uint8)).save(folder / "img.png")
-    return folder / "run" / "last.safetensors"
+    return trained_folder(tmp_path_factory.mktemp("ck"), QUICK) / "run" / "last.safetensors"
 
 
 def craft(ckpt, path, **changes):

@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import safetensors.torch
-from PIL import Image
-from reliability_helpers import one_error, quick, run
+from reliability_helpers import one_error, quick, run, trained_folder
 from safetensors.torch import load_file
 from train_helpers import write_config
 
@@ -51,12 +50,7 @@ def read_only(monkeypatch):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("disk")
-    cfg = write_config(folder / "cfg.yaml", QUICK)
-    result = run("train", cfg, "-o", folder / "run", "-q")
-    assert result.exit_code == 0, result.output
-    Image.fromarray((np.random.default_rng(0).random((32, 32)) * 255).astype(np.uint8)).save(folder / "img.png")
-    return folder
+    return trained_folder(tmp_path_factory.mktemp("disk"), QUICK)
 
 
 def test_train_into_a_read_only_place_is_one_line(tmp_path, read_only):
