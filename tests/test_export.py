@@ -224,3 +224,15 @@ def test_every_family_and_architecture_exports(tmp_path, family, arch, dims):
     with torch.no_grad():
         ref = model.predict(x).numpy()
     assert _relative(session.run(None, {"image": x.numpy()})[0], ref) <= RTOL
+
+
+def test_missing_export_packages_are_one_line(tmp_path, monkeypatch):
+    import importlib.util
+
+    _, ckpt = _checkpoint(tmp_path, "cnn", "unet", 2)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else real(name, *a))
+    result = CliRunner().invoke(main, ["export", str(ckpt), "-o", str(tmp_path / "m.onnx")])
+    assert result.exit_code != 0
+    assert "needs onnxscript" in result.output and "pip install 'flemme-core[export]'" in result.output
+    assert len(result.output.strip().splitlines()) == 1
