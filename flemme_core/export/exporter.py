@@ -92,7 +92,7 @@ def _first_line(exc: BaseException | str, limit: int = 160) -> str:
 def _quiet():
     """The exporters log registry warnings (torchvision ops) and print progress: hide them."""
     names = ("torch.onnx", "torch.export", "torch._export", "torch.fx.experimental.symbolic_shapes",
-             "torch._dynamo", "onnxscript")
+             "torch._dynamo", "onnxscript", "onnx_ir")
     loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
