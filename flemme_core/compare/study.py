@@ -38,6 +38,9 @@ DATASET_SECTION_KEYS = ("name", "model", "train", "budget")
 MATCH_KEYS = ["params", "key", "multiple"]
 #: what a cell's training always sets (validation only at the end: the study evaluates once)
 CELL_TRAIN_DEFAULTS = {"val_every": 0, "progress": False}
+#: the trainer's own final validation in a cell computes only this (HD95 over 117 classes is
+#: minutes): the cell then evaluates every metric of the task, per item, once
+CHEAP_METRIC = {"segmentation": "dice", "reconstruction": "psnr"}
 
 
 @dataclasses.dataclass
@@ -131,6 +134,9 @@ class Study:
         data = merge(self.data, ds.data, row.data)
         train = merge(CELL_TRAIN_DEFAULTS, self.train, ds.train, row.train, (ds.budget or self.budget).train_keys())
         train["seed"] = cell.seed
+        task = _task(row.arch)
+        if "metrics" not in train and task in CHEAP_METRIC:  # the cell evaluates every metric once, afterwards
+            train["metrics"] = [CHEAP_METRIC[task]]
         if self.threads:
             train["threads"] = self.threads
         if "save_every" not in train:  # a killed cell loses at most a tenth of its steps
@@ -226,6 +232,12 @@ def _short(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ",".join(map(str, value)) + "]"
     return str(value)
+
+
+def _task(arch: str) -> str | None:
+    from ..registry import get_registry
+
+    return get_registry().get("architecture", arch).metadata.get("task")
 
 
 def takes_encoder(arch: str) -> bool:
