@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from flemme_core.lora import LoRAConv, LoRALinear, add_lora
 from mmfd_testutil import probe
 
 from flemme_core import build_model
 from flemme_core.build import build_encoder
 from flemme_core.config import EncoderConfig, encoder_config_from_dict
 from flemme_core.errors import ConfigError, PluginError, ShapeError
+from flemme_core.lora import LoRAConv, LoRALinear, add_lora
 
 FUSIONS = ["sum", "concat", "gated", "share_token"]
 SMALL_TOKENS = {"share_token": {"num_tokens": 8, "depth": 2}}

@@ -6,7 +6,6 @@ import warnings
 
 import pytest
 import torch
-from flemme_core.weights import remap_keys
 from mmfd_testutil import probe
 from safetensors.torch import save_file
 
@@ -14,6 +13,7 @@ from flemme_core import build_model, load_model, save_model
 from flemme_core.build import build_encoder
 from flemme_core.config import encoder_config_from_dict
 from flemme_core.errors import CheckpointError, ConfigError
+from flemme_core.weights import remap_keys
 
 CNN = {"name": "cnn", "channels": [8, 16], "norm": "group"}
 
