@@ -116,7 +116,7 @@ class SegmentationMetrics:
             if key in self.names:
                 out[key] = sum(vals) / len(vals) if vals else float("nan")
         if empty is not None:  # (item, class) pairs with the class in the label but never predicted
-            out["hd95_empty"] = float(self.sums.sums.get("hd95_empty", 0.0))
+            out["hd95_empty"] = int(self.sums.sums.get("hd95_empty", 0.0))  # a count: printed and written as one
         out.update(per)
         return out
 
