@@ -34,8 +34,9 @@ class TinyOptions:
 
 
 def unit(dims: int, cin: int, cout: int, norm: str, act: str, kernel: int = 3, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(layers.conv(dims, cin, cout, kernel, stride=stride), layers.norm(norm, dims, cout),
-                         layers.act(act))
+    # no bias before a norm (it would get only rounding-noise gradients, which AdamW blows up)
+    return nn.Sequential(layers.conv(dims, cin, cout, kernel, stride=stride, bias=norm == "none"),
+                         layers.norm(norm, dims, cout), layers.act(act))
 
 
 class TinyBlock(nn.Module):
