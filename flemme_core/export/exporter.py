@@ -37,7 +37,7 @@ from torch import nn
 from ..errors import FlemmeError
 from .formats import FORMATS, check_format, require
 from .metadata import FORMAT, KEY, ZIP_MEMBER
-from .modes import export_mode
+from .modes import export_mode, fixed_spatial_reasons
 
 #: Relative tolerance of the verification: max |exported − eager| / max |eager|.
 #:
@@ -267,8 +267,9 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, fmt: str = "au
     result: dict[str, Any] = {}
 
     def build(tmp: str) -> None:
-        reasons: list[str] = []
-        meta = plan.attempt(tmp, True, reasons) or plan.attempt(tmp, False, reasons)
+        fixed = fixed_spatial_reasons(plan.model)
+        reasons = [f"spatial axes fixed at {'×'.join(map(str, plan.patch))}: {r}" for r in fixed]
+        meta = (None if fixed else plan.attempt(tmp, True, reasons)) or plan.attempt(tmp, False, reasons)
         result.update(meta or {})
 
     with _quiet():

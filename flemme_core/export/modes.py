@@ -8,7 +8,8 @@ Entering the context switches the module to a path the exporters can trace (for 
 a pure-PyTorch form of a C++ kernel, or loops written as ``torch`` scan operators so that
 the sequence length stays dynamic) and yields a one-line note saying what it did, or None.
 Leaving it restores the module. A module for which ``format`` has no exportable path
-raises :class:`NotExportable` naming itself and the reason. Every instance is switched;
+raises :class:`NotExportable` naming itself and the reason. A module that can only be
+traced at one spatial size sets ``export_fixed_spatial = "one-line reason"``. Every instance is switched;
 identical notes are kept once, so a model with a hundred mixers of one kind prints one line.
 """
 
@@ -18,6 +19,19 @@ import contextlib
 from collections.abc import Iterator
 
 from ..errors import FlemmeError
+
+
+def fixed_spatial_reasons(model) -> list[str]:
+    """Why ``model`` must be exported with fixed spatial axes: the ``export_fixed_spatial``
+    attribute (a one-line reason) of any of its modules that computes something per input
+    size in Python (a window layout, a padding plan) that the tracer cannot keep symbolic or
+    reasons about too slowly. Empty: try dynamic spatial axes."""
+    reasons: list[str] = []
+    for module in model.modules():
+        reason = getattr(module, "export_fixed_spatial", None)
+        if isinstance(reason, str) and reason and reason not in reasons:
+            reasons.append(reason)
+    return reasons
 
 
 class NotExportable(FlemmeError):

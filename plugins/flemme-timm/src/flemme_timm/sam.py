@@ -73,6 +73,9 @@ class SamEncoder(PretrainedEncoder):
     """See the module docstring."""
 
     Options = SamOptions
+    #: flemme export: timm's SAM pads each windowed-attention block per input size; tracing that
+    #: symbolically takes torch's shape solver many minutes, so exports keep the patch size
+    export_fixed_spatial = "SAM's windowed attention pads per input size (symbolic tracing takes many minutes)"
 
     def build_backbone(self, cfg: EncoderConfig, opts: SamOptions):  # type: ignore[override]
         timm = import_timm()

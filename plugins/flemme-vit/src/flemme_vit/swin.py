@@ -135,6 +135,8 @@ class SwinBlock(nn.Module):
         self.context = ContextInjection(context_dim, width, channel_axis=-1) if context_dim else None
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
+    export_fixed_spatial = "swin precomputes its window layout (padding, shift, masks) per feature size"
+
     @contextlib.contextmanager
     def export_mode(self, fmt: str) -> Iterator[str | None]:
         """flemme_core.export's hook: explicit softmax attention instead of SDPA (same math);
