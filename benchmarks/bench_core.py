@@ -27,7 +27,7 @@ def _flemme(kind: str, dims: int):
     from flemme_core import build_model
 
     if kind == "flemme-basic":  # BasicUNet's topology: max-pool down, two convs per level, deconv up
-        enc = {"name": "cnn", "channels": [32, 32, 64, 128, 256], "block": "double_conv", "down": "pool",
+        enc = {"name": "cnn", "channels": [32, 32, 64, 128, 256], "block": "double_conv", "down": "pool", "patch_size": 1,
                "norm": "instance", "act": "leakyrelu"}
     else:  # MONAI UNet's: strided-conv down, residual units, first level already at stride 2
         enc = {"name": "cnn", "channels": [32, 64, 128, 256], "block": "res_conv", "down": "conv",

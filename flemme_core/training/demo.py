@@ -15,23 +15,23 @@ from typing import Any
 DEMO: dict[str, Any] = {
     "model": {
         "arch": "unet",
-        "encoder": {"name": "cnn", "channels": [16, 32, 64, 128], "patch_size": 2, "block": "conv",
-                    "norm": "instance"},
+        "encoder": {"name": "cnn"},  # the family's defaults: 16-32-64-128, stride-2 stem, residual blocks
         "loss": "dice_ce",
     },
     "data": {
         "preset": "mni152-tissue-3d",
         "options": {"resolution": 2},
-        "patch_size": [64, 48, 64],
+        "patch_size": [48, 48, 48],
         "batch_size": 2,
-        "transforms": {"crop": "label", "flip": {"prob": 0.5, "axes": [0]}},
+        "transforms": {"crop": "label", "flip": {"prob": 0.5, "axes": [1, 2]}},
     },
-    "train": {"steps": 300, "lr": 0.003, "warmup": 0.05, "schedule": "cosine", "val_every": 100,
-              "sw_batch_size": 2, "overlap": 0.25, "seed": 0},
+    "train": {"steps": 1600, "max_seconds": 150, "lr": 0.001, "warmup": 0, "schedule": "constant",
+              "val_every": 400, "sw_batch_size": 4, "overlap": 0.25, "seed": 0},
 }
 
 SYNTHETIC: dict[str, Any] = {
-    "model": {"arch": "unet", "encoder": {"name": "cnn", "channels": [16, 32, 64], "norm": "instance"}},
+    "model": {"arch": "unet", "encoder": {"name": "cnn", "channels": [16, 32, 64], "norm": "instance", "patch_size": 1,
+                                          "block": "double_conv"}},
     "data": {"preset": "synthetic-2d", "options": {"num_train": 32, "num_held_out": 8, "size": [64, 64], "seed": 0},
              "patch_size": [64, 64], "batch_size": 8, "transforms": {"flip": 0.5}},
     "train": {"steps": 200, "lr": 0.003, "val_every": 50},

@@ -16,9 +16,9 @@ from flemme_core.errors import CheckpointError, ConfigError
 from flemme_core.losses import build_loss
 from flemme_core.registry import get_registry
 
-CNN = {"name": "cnn", "channels": [8, 16], "norm": "group"}
+CNN = {"name": "cnn", "channels": [8, 16], "norm": "group", "patch_size": 1, "block": "double_conv"}
 TEACHER = {"name": "mmfd", "branches": [{**CNN, "freeze": True, "lora": {"targets": ["conv"], "rank": 2}},
-                                        {"name": "cnn", "channels": [8, 16, 24], "norm": "group"}],
+                                        {"name": "cnn", "channels": [8, 16, 24], "norm": "group", "patch_size": 1, "block": "double_conv"}],
            "fusion": "gated"}
 
 
@@ -171,7 +171,7 @@ def test_teacher_init_with_residual_starts_as_the_branch_model(tmp_path, fusion)
     branch_model, path = _trained_branch(tmp_path, CNN, "main")
     teacher = {"name": "mmfd", "residual": "main", "fusion": fusion,
                "fusion_options": {"num_tokens": 4, "depth": 1} if fusion == "share_token" else {},
-               "branches": [{"name": "cnn", "channels": [8, 16, 24], "norm": "group"},
+               "branches": [{"name": "cnn", "channels": [8, 16, 24], "norm": "group", "patch_size": 1, "block": "double_conv"},
                             {"id": "main", "checkpoint": path, "freeze": True,
                              "lora": {"targets": ["conv"], "rank": 2}}]}
     model = distill(teacher=teacher, teacher_init="main")
@@ -196,7 +196,7 @@ def test_teacher_init_with_residual_starts_as_the_branch_model(tmp_path, fusion)
 
 def test_teacher_init_and_residual_mistakes(tmp_path):
     _, path = _trained_branch(tmp_path, CNN, "main")
-    other = {"name": "cnn", "channels": [8, 16, 24], "norm": "group"}
+    other = {"name": "cnn", "channels": [8, 16, 24], "norm": "group", "patch_size": 1, "block": "double_conv"}
     main = {"id": "main", "checkpoint": path, "freeze": True}
     with pytest.raises(ConfigError, match="residual branch 'main' must supply every fused level"):
         build_model({"arch": "unet", "image_size": [32, 32],
@@ -284,8 +284,8 @@ def test_flemme_eval_compares_teacher_and_student(tmp_path):
     from flemme_core.training.config import run_config_from_dict
 
     out = tmp_path / "run"
-    model = {"arch": "distill", "encoder": {"name": "cnn", "channels": [4, 8], "norm": "group"},
-             "arch_options": {"teacher": {"name": "cnn", "channels": [16, 32], "norm": "group"}}}
+    model = {"arch": "distill", "encoder": {"name": "cnn", "channels": [4, 8], "norm": "group", "patch_size": 1, "block": "double_conv"},
+             "arch_options": {"teacher": {"name": "cnn", "channels": [16, 32], "norm": "group", "patch_size": 1, "block": "double_conv"}}}
     data = {"preset": "synthetic-2d", "options": {"num_train": 2, "num_held_out": 2, "size": [32, 32]},
             "patch_size": [32, 32], "batch_size": 2}
     train(run_config_from_dict({"model": model, "data": data,

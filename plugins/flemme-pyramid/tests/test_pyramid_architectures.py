@@ -11,7 +11,7 @@ from flemme_core.errors import ConfigError
 from flemme_core.losses import build_loss
 from flemme_core.registry import get_registry
 
-CNN = {"name": "cnn", "channels": [8, 16, 32], "num_blocks": 1}
+CNN = {"name": "cnn", "channels": [8, 16, 32], "num_blocks": 1, "patch_size": 1, "block": "double_conv", "norm": "batch"}
 
 
 def _expected_strides(model) -> list[int]:
@@ -155,7 +155,7 @@ def test_bad_options_are_one_line_config_errors():
     with pytest.raises(ConfigError, match="target_resize"):
         _cnn(target_resize="area")  # images only: class labels cannot be averaged
     with pytest.raises(ConfigError, match="at least 2 levels"):
-        build_model({"arch": "hunet", "encoder": {"name": "cnn", "channels": [8]}, "image_size": [16, 16]})
+        build_model({"arch": "hunet", "encoder": {"name": "cnn", "channels": [8], "patch_size": 1}, "image_size": [16, 16]})
 
 
 def test_registered_through_the_entry_point():
