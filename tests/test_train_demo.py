@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
+from model_configs import requires_encoders
 
 from flemme_core.cli import main
 from flemme_core.training.config import load_run_config
@@ -29,6 +30,7 @@ def test_example_training_configs_parse(name):
     assert run.train.steps > 0 and run.data["preset"]
 
 
+@requires_encoders("cnn")  # the demo trains the cnn plugin's family (it names what to install otherwise)
 def test_synthetic_demo_runs_and_reports_dice(tmp_path):
     result = CliRunner().invoke(main, ["demo", "--synthetic", "--steps", "4", "--threads", "1", "-q",
                                        "-o", str(tmp_path / "demo")])
