@@ -127,11 +127,10 @@ def _convert(artifact: Any, fmt: str, example: torch.Tensor) -> Any:
     """What is saved: the ONNX protobuf (converted once), or the torch artifact itself."""
     if fmt != "onnx":
         return artifact
-    # optimize=False: onnxscript's graph optimizer is superlinear in the graph size (over 25 min for
-    # mamba's unet at the demo size, against 2.7 s vs 2.2 s for a small cnn); ONNX Runtime
-    # folds constants and fuses operators itself when it loads the file
+    # optimize=True: the unoptimised graph of some models is refused by ONNX Runtime (a Conv bias
+    # of the wrong rank); the optimizer is superlinear on very large graphs (mamba's demo-size unet)
     program = torch.onnx.export(artifact, (example,), dynamo=True, input_names=["image"],
-                                output_names=["output"], verbose=False, optimize=False)
+                                output_names=["output"], verbose=False, optimize=True)
     return program.model_proto
 
 
