@@ -54,7 +54,7 @@ def load_image(case: str) -> np.ndarray:
         img = test_image_nuclei_2d().astype(np.float32)
         lo, hi = np.percentile(img, [1, 99.8])
         img = (img - lo) / (hi - lo)
-    return img[None]
+    return img[None].astype(np.float32)
 
 
 def seconds(fn) -> tuple[float, torch.Tensor]:
