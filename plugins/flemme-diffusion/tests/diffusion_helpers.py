@@ -10,6 +10,25 @@ def families() -> list[str]:
     return sorted(get_registry().components("encoder"))
 
 
+def build_or_skip(arch: str, family: str, dims: int, **arch_options):
+    """``build``, or skip where the family declares it cannot serve: a dimension it does not
+    support, or no context injection (then the refusal itself must be one line)."""
+    import pytest
+
+    from flemme_core.errors import ConfigError
+    from flemme_core.testing import family_dims
+
+    if dims not in family_dims(family):
+        pytest.skip(f"{family} is {family_dims(family)}D only")
+    try:
+        return build(arch, family, dims, **arch_options)
+    except ConfigError as exc:
+        if "supports_context is False" not in str(exc):
+            raise
+        assert "\n" not in str(exc)
+        pytest.skip(f"{family} declares no context injection; {arch} refuses it in one line")
+
+
 def tiny(arch: str, family: str = "cnn", dims: int = 2, size: int | None = None, **arch_options):
     """The smallest config of ``arch`` over ``family`` (a family's registered ``example`` options apply)."""
     from flemme_core.registry import get_registry
