@@ -151,7 +151,7 @@ def test_a_changed_cell_is_refused_in_one_line(full, study_file):
 @pytest.mark.parametrize("args,fragment", [
     (["--encoders", "tiny,tinyy", "--arch", "unet", "--data", "synthetic-2d"], "unknown encoder 'tinyy'; did you mean 'tiny'"),
     (["--encoders", "tiny", "--arch", "unett", "--data", "synthetic-2d"], "unknown architecture 'unett'; did you mean 'unet'"),
-    (["--encoders", "tiny", "--arch", "unet", "--data", "synthetc-2d"], "unknown dataset 'synthetc-2d'"),
+    (["--encoders", "tiny", "--arch", "unet", "--data", "synthetc-2d"], "unknown dataset preset 'synthetc-2d'; did you mean 'synthetic-2d'"),
     (["--encoders", "tiny", "--arch", "unet", "--data", "synthetic-2d", "--shard", "5/4"], "--shard '5/4' must be i/n"),
     (["--encoders", "tiny", "--arch", "unet", "--data", "synthetic-2d", "--budget", "steps=-1"],
      "budget steps must be a positive whole number"),
