@@ -46,12 +46,12 @@ def register_commands(register) -> None:
     e.g. ``register("compare", "flemme_core.commands.compare:compare", "...")``; the older
     commands (build, list, train, ...) are attached to the click group in ``cli.py``.
     """
-    register("compare", "flemme_core.compare.cli:compare",
-             "fair encoder studies: encoders x architectures x datasets x seeds, one run folder per cell, report")
     register("convert", "flemme_core.commands.convert:convert",
              "a published .pth/.bin weights file (torch.load weights_only) -> safetensors, atomically")
     register("export", "flemme_core.commands.export:export",
              "a checkpoint -> ONNX / torch.export .pt2 / TorchScript, dynamic axes, verified against eager")
+    register("compare", "flemme_core.compare.cli:compare",
+             "fair encoder studies: encoders x architectures x datasets x seeds, one run folder per cell, report")
 
 
 @hookimpl

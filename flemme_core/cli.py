@@ -312,6 +312,13 @@ def build_command(config_path, overrides, batch_size, save_path, as_json, **flag
 @click.option("--json", "as_json", is_flag=True, help="Print the metadata as JSON.")
 def info_command(path: str, as_json: bool) -> None:
     """Show the config, versions and parameter count stored in a checkpoint (no model is built)."""
+    from .export import is_exported
+
+    if is_exported(path):  # .onnx / .pt2 / .ts written by `flemme export`: its own metadata
+        from .export.metadata import info_text
+
+        click.echo(info_text(path, as_json))
+        return
     from .checkpoint import missing_plugins, read_metadata
     from .config import model_config_from_dict
 

@@ -30,7 +30,11 @@ from flemme_core.export.metadata import read_exported_metadata
 
 FAMILIES = sorted(get_registry().components("encoder"))
 #: every installed family in each dimension it declares (the conformance kit's ``dims=``)
-FAMILY_DIMS = [(family, dims) for family in FAMILIES for dims in family_dims(family)]
+#: minutes each on a 2-core CI machine (mamba 3D: the exported scan's loops through onnxscript's
+#: optimizer; sam: a ViT-B-like trace), so they run with `nox -s slow`
+HEAVY = {("mamba", 3), ("sam", 2)}
+FAMILY_DIMS = [pytest.param(family, dims, marks=[pytest.mark.slow] if (family, dims) in HEAVY else [])
+               for family in FAMILIES for dims in family_dims(family)]
 
 
 def _relative(out: np.ndarray, ref: np.ndarray) -> float:
