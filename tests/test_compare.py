@@ -88,7 +88,7 @@ def test_tiny_study_writes_every_report_column(full):
     lines = [ln for ln in md.splitlines() if ln.startswith("|")]
     assert len({len(ln) for ln in lines}) == 1  # aligned: readable as printed
     rows = list(csv.DictReader((full / "report.csv").open()))
-    assert [r["row"] for r in rows] == ROWS and float(rows[0]["dice_mean"]) == pytest.approx(base["metrics"]["dice"]["mean"])
+    assert [r["row"] for r in rows] == ROWS and float(rows[0]["dice_mean"]) == pytest.approx(base["metrics"]["dice"]["mean"], abs=1e-6)  # CSV: 6 decimals
     assert (full / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the resolved study and ordinary run folders
     resolved = yaml.safe_load((full / "study.yaml").read_text())

@@ -33,8 +33,7 @@ FAMILIES = sorted(get_registry().components("encoder"))
 #: minutes each on a 2-core CI machine (mamba 3D: the exported scan's loops through onnxscript's
 #: optimizer; sam: a ViT-B-like trace), so they run with `nox -s slow`
 HEAVY = {("mamba", 3), ("sam", 2)}
-FAMILY_DIMS = [pytest.param(family, dims, marks=[pytest.mark.slow] if (family, dims) in HEAVY else [])
-               for family in FAMILIES for dims in family_dims(family)]
+FAMILY_DIMS = [(family, dims) for family in FAMILIES for dims in family_dims(family)]
 
 
 def _relative(out: np.ndarray, ref: np.ndarray) -> float:
@@ -55,7 +54,8 @@ def _checkpoint(tmp_path, family="cnn", arch="unet", dims=2, **extra):
     return model, path
 
 
-@pytest.mark.parametrize("family,dims", FAMILY_DIMS)
+@pytest.mark.parametrize("family,dims", [pytest.param(*c, marks=[pytest.mark.slow] if c in HEAVY else [])
+                                         for c in FAMILY_DIMS])
 def test_every_family_exports_to_onnx_and_runs_in_onnxruntime(tmp_path, family, dims):
     model, ckpt = _checkpoint(tmp_path, family, "unet", dims)
     out = tmp_path / "model.onnx"

@@ -63,7 +63,7 @@ def test_ldm_records_its_autoencoder_and_refuses_another(tmp_path):
     _save_autoencoder(ae_path, latent_channels=2)
     _save_autoencoder(other, latent_channels=2)
     model = build("ldm", autoencoder=str(ae_path), timesteps=20)
-    assert model.data_channels() == 2 and model.latent_size() == [16, 16]
+    assert model.data_channels() == 2 and model.latent_size() == [8, 8]  # cnn: stride-2 stem + one down
     loss, _ = model.training_loss({"image": torch.rand(2, 1, 32, 32)}, torch.nn.MSELoss())
     loss.backward()
     assert float(model.latent_scale) > 0

@@ -28,7 +28,7 @@ def test_vae_loss_is_reconstruction_plus_warmed_up_kl(vector_dim):
         _, logs = model.training_loss(batch, torch.nn.MSELoss())
         weights.append(logs["kl_weight"])
     assert weights == [0.0, 0.125, 0.25, 0.375, 0.5, 0.5]
-    expected = [vector_dim] if vector_dim else [3, 16, 16]
+    expected = [vector_dim] if vector_dim else [3, 8, 8]  # cnn: stride-2 stem + one down = 4x
     assert model.latent_shape == expected
     model.eval()
     torch.manual_seed(1)
