@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .contract import scan_inputs, scan_output
+
 CHUNK = 64  # steps scanned in parallel chunks; the chain over chunks has L / CHUNK steps
 
 
@@ -58,24 +60,14 @@ def selective_scan_export(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
                           delta_bias: torch.Tensor | None = None, delta_softplus: bool = False) -> torch.Tensor:
     """Same contract and math as :func:`.reference.selective_scan_ref`, in float32."""
     dtype = u.dtype
-    u, delta, A, B, C = (t.float() for t in (u, delta, A, B, C))
-    batch, channels, length = u.shape
-    if delta_bias is not None:
-        delta = delta + delta_bias.float()[:, None]
-    if delta_softplus:
-        delta = F.softplus(delta)
-    if B.dim() == 3:
-        B, C = B.unsqueeze(1), C.unsqueeze(1)
-    groups, n = B.shape[1], A.shape[1]
-    per = channels // groups
+    u, delta, A, B, C, D, z, delta_bias = (t.float() if t is not None else None
+                                           for t in (u, delta, A, B, C, D, z, delta_bias))
+    delta, B, C, (batch, channels, length, groups, n, per) = scan_inputs(u, delta, A, B, C, delta_bias,
+                                                                        delta_softplus)
     dt = delta.reshape(batch, groups, per, 1, length)
     a = torch.exp(dt * A.reshape(groups, per, n, 1))                   # (b, g, per, N, L)
     x = (dt * u.reshape(batch, groups, per, 1, length)) * B.unsqueeze(2)
     h = linear_recurrence(a.permute(4, 0, 1, 2, 3), x.permute(4, 0, 1, 2, 3))   # (L, b, g, per, N)
     y = (h * C.permute(3, 0, 1, 2).unsqueeze(3)).sum(-1)               # (L, b, g, per)
     y = y.permute(1, 2, 3, 0).reshape(batch, channels, length)
-    if D is not None:
-        y = y + D.float()[:, None] * u
-    if z is not None:
-        y = y * F.silu(z.float())
-    return y.to(dtype)
+    return scan_output(y, u, D, z).to(dtype)

@@ -10,7 +10,8 @@ B, C ``(batch, G, N, L)`` with the K*D channels split into G equal groups (or
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from .contract import scan_inputs, scan_output
 
 
 def expand_groups(m: torch.Tensor, channels: int) -> torch.Tensor:
@@ -24,15 +25,8 @@ def selective_scan_ref(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B:
                        C: torch.Tensor, D: torch.Tensor | None = None, z: torch.Tensor | None = None,
                        delta_bias: torch.Tensor | None = None, delta_softplus: bool = False) -> torch.Tensor:
     """h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t;  y_t = C_t . h_t + D u_t;  out = y * silu(z)."""
-    batch, channels, length = u.shape
-    if delta_bias is not None:
-        delta = delta + delta_bias[:, None]
-    if delta_softplus:
-        delta = F.softplus(delta)
-    if B.dim() == 3:
-        B, C = B.unsqueeze(1), C.unsqueeze(1)
-    groups, n = B.shape[1], A.shape[1]
-    per = channels // groups
+    delta, B, C, (batch, channels, length, groups, n, per) = scan_inputs(u, delta, A, B, C, delta_bias,
+                                                                        delta_softplus)
     A = A.reshape(groups, per, n)
 
     def steps(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -46,9 +40,4 @@ def selective_scan_ref(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B:
     for t in range(length):
         h = torch.exp(dts[t].unsqueeze(-1) * A) * h + (dts[t] * us[t]).unsqueeze(-1) * Bs[t].unsqueeze(2)
         ys.append((h * Cs[t].unsqueeze(2)).sum(-1))
-    y = torch.stack(ys, dim=-1).reshape(batch, channels, length)
-    if D is not None:
-        y = y + D[:, None] * u
-    if z is not None:
-        y = y * F.silu(z)
-    return y
+    return scan_output(torch.stack(ys, dim=-1).reshape(batch, channels, length), u, D, z)

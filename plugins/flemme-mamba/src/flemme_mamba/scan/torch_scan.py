@@ -16,6 +16,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .contract import scan_inputs, scan_output
+
 
 def _to_steps(x: torch.Tensor, T: int, nc: int) -> torch.Tensor:
     """(..., L) -> contiguous (T, nc, ...), zero-padded to nc * T steps."""
@@ -99,15 +101,8 @@ def _empty_scan(*inputs: torch.Tensor | None) -> torch.Tensor:
 def _scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
           D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None,
           delta_softplus: bool) -> torch.Tensor:
-    batch, channels, length = u.shape
-    if delta_bias is not None:
-        delta = delta + delta_bias[:, None]
-    if delta_softplus:
-        delta = F.softplus(delta)
-    if B.dim() == 3:
-        B, C = B.unsqueeze(1), C.unsqueeze(1)
-    groups, n = B.shape[1], A.shape[1]
-    per = channels // groups
+    delta, B, C, (batch, channels, length, groups, n, per) = scan_inputs(u, delta, A, B, C, delta_bias,
+                                                                        delta_softplus)
     T = max(1, math.ceil(math.sqrt(length)))
     nc = -(-length // T)
     shape = (T, nc, batch, groups, per, 1)
@@ -119,8 +114,4 @@ def _scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor
     h = StepScan.apply(a, (dt * us) * Bs)
     y = torch.matmul(h, Cs).squeeze(-1)                 # (T, nc, batch, groups, per)
     y = y.permute(2, 3, 4, 1, 0).reshape(batch, channels, nc * T)[..., :length]
-    if D is not None:
-        y = y + D[:, None] * u
-    if z is not None:
-        y = y * F.silu(z)
-    return y
+    return scan_output(y, u, D, z)
