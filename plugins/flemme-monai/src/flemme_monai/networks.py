@@ -1,7 +1,8 @@
 """MONAI's segmentation networks as flemme architectures, built by MONAI itself.
 
-Each class only turns ``model.arch_options`` into the keyword arguments of one class of
-``monai.networks.nets`` and keeps that network as ``self.net``: nothing of MONAI's is
+Each class is a row of one table: which class of ``monai.networks.nets`` it builds, how
+``model.arch_options`` map to that class's keyword arguments, and its total stride. The one
+builder, :class:`MonaiNetwork`, reads the row and keeps the network as ``self.net``: nothing of MONAI's is
 re-implemented, so a row in a comparison is the network users already trust (the tests load
 ``self.net``'s weights into a directly built MONAI network and compare outputs). They take no
 encoder (registered with ``encoder=False``): the trainer, losses, data and evaluation are the
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -40,12 +42,23 @@ def _per_level(value: Any, levels: int, where: str) -> list[int]:
     return _ints(value, where, levels)
 
 
+#: how one MONAI keyword gets its value: an option's name (passed as it is), or a function of
+#: (options, model config)
+Arg = str | Callable[[Any, ModelConfig], Any]
+
+
 class MonaiNetwork(Architecture):
-    """One ``monai.networks.nets`` class; subclasses say which and map the options."""
+    """One ``monai.networks.nets`` class; subclasses are rows that say which and map the options."""
 
     task = "segmentation"
     #: class name in ``monai.networks.nets``
     network: ClassVar[str] = ""
+    #: MONAI keyword -> its value, after ``spatial_dims``/``in_channels``/``out_channels``
+    args: ClassVar[dict[str, Arg]] = {}
+    #: MONAI keyword -> option passed only when set (``None`` leaves MONAI's own default)
+    unless_none: ClassVar[dict[str, str]] = {}
+    #: total stride when the network fixes it, and why; ``None``: the product of ``options.strides``
+    fixed_stride: ClassVar[tuple[int, str] | None] = None
     #: whether a normalisation runs at the total stride (then one voxel there cannot train)
     norm_at_coarsest: ClassVar[bool] = True
 
@@ -73,16 +86,19 @@ class MonaiNetwork(Architecture):
             raise ConfigError(f"model.arch_options ({config.arch}): monai.networks.nets.{self.network} refused "
                               f"{self.network_kwargs}: {first}") from None
 
-    # -- what a subclass says --------------------------------------------------------
+    # -- the row, read -----------------------------------------------------------------
     def kwargs(self) -> dict[str, Any]:
         """Keyword arguments of the MONAI class (including dims and channels)."""
-        raise NotImplementedError
+        o, c = self.options, self.config
+        out: dict[str, Any] = {"spatial_dims": c.dims, "in_channels": c.in_channels, "out_channels": c.out_channels}
+        out.update({key: getattr(o, arg) if isinstance(arg, str) else arg(o, c) for key, arg in self.args.items()})
+        return out | _given(**{key: getattr(o, option) for key, option in self.unless_none.items()})
 
     def total_stride(self) -> int:
-        raise NotImplementedError
+        return self.fixed_stride[0] if self.fixed_stride else math.prod(self.options.strides)
 
     def stride_rule(self) -> str:
-        return f"its total stride is {self.total_stride()}"
+        return self.fixed_stride[1] if self.fixed_stride else f"the product of its strides {self.options.strides}"
 
     # -- the architecture contract -----------------------------------------------------
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
@@ -122,19 +138,11 @@ class MonaiUNet(MonaiNetwork):
 
     network = "UNet"
     Options = UNetOptions
-
-    def kwargs(self) -> dict[str, Any]:
-        o, c = self.options, self.config
-        return dict(spatial_dims=c.dims, in_channels=c.in_channels, out_channels=c.out_channels,
-                    channels=tuple(o.channels), strides=tuple(o.strides), kernel_size=o.kernel_size,
-                    up_kernel_size=o.up_kernel_size, num_res_units=o.num_res_units, dropout=o.dropout,
-                    **_given(norm=o.norm, act=o.act))
-
-    def total_stride(self) -> int:
-        return math.prod(self.options.strides)
-
-    def stride_rule(self) -> str:
-        return f"the product of its strides {self.options.strides}"
+    args: ClassVar[dict[str, Arg]] = {
+        "channels": lambda o, c: tuple(o.channels), "strides": lambda o, c: tuple(o.strides),
+        "kernel_size": "kernel_size", "up_kernel_size": "up_kernel_size", "num_res_units": "num_res_units",
+        "dropout": "dropout"}
+    unless_none: ClassVar[dict[str, str]] = {"norm": "norm", "act": "act"}
 
 
 # -- BasicUNet -------------------------------------------------------------------------------
@@ -155,18 +163,10 @@ class MonaiBasicUNet(MonaiNetwork):
 
     network = "BasicUNet"
     Options = BasicUNetOptions
-
-    def kwargs(self) -> dict[str, Any]:
-        o, c = self.options, self.config
-        return dict(spatial_dims=c.dims, in_channels=c.in_channels, out_channels=c.out_channels,
-                    features=tuple(o.features), dropout=o.dropout, upsample=o.upsample,
-                    **_given(norm=o.norm, act=o.act))
-
-    def total_stride(self) -> int:
-        return 16
-
-    def stride_rule(self) -> str:
-        return "BasicUNet pools 4 times"
+    args: ClassVar[dict[str, Arg]] = {
+        "features": lambda o, c: tuple(o.features), "dropout": "dropout", "upsample": "upsample"}
+    unless_none: ClassVar[dict[str, str]] = {"norm": "norm", "act": "act"}
+    fixed_stride = (16, "BasicUNet pools 4 times")
 
 
 # -- DynUNet ---------------------------------------------------------------------------------
@@ -195,19 +195,11 @@ class MonaiDynUNet(MonaiNetwork):
 
     network = "DynUNet"
     Options = DynUNetOptions
-
-    def kwargs(self) -> dict[str, Any]:
-        o, c = self.options, self.config
-        return dict(spatial_dims=c.dims, in_channels=c.in_channels, out_channels=c.out_channels,
-                    kernel_size=list(o.kernel_size), strides=list(o.strides), upsample_kernel_size=list(o.strides[1:]),
-                    filters=list(o.filters), dropout=o.dropout or None, res_block=o.res_block,
-                    **_given(norm_name=o.norm, act_name=o.act))
-
-    def total_stride(self) -> int:
-        return math.prod(self.options.strides)
-
-    def stride_rule(self) -> str:
-        return f"the product of its strides {self.options.strides}"
+    args: ClassVar[dict[str, Arg]] = {
+        "kernel_size": lambda o, c: list(o.kernel_size), "strides": lambda o, c: list(o.strides),
+        "upsample_kernel_size": lambda o, c: list(o.strides[1:]), "filters": lambda o, c: list(o.filters),
+        "dropout": lambda o, c: o.dropout or None, "res_block": "res_block"}
+    unless_none: ClassVar[dict[str, str]] = {"norm_name": "norm", "act_name": "act"}
 
 
 # -- UNETR -----------------------------------------------------------------------------------
@@ -235,20 +227,13 @@ class MonaiUNETR(MonaiNetwork):
 
     network = "UNETR"
     Options = UNETROptions
+    args: ClassVar[dict[str, Arg]] = {
+        "img_size": lambda o, c: tuple(c.image_size), "feature_size": "feature_size", "hidden_size": "hidden_size",
+        "mlp_dim": "mlp_dim", "num_heads": "num_heads", "res_block": "res_block", "dropout_rate": "dropout",
+        "qkv_bias": "qkv_bias"}
+    unless_none: ClassVar[dict[str, str]] = {"norm_name": "norm"}
+    fixed_stride = (16, "UNETR's ViT patches are 16 voxels wide")
     norm_at_coarsest = False  # the ViT's tokens are projected up before any norm
-
-    def kwargs(self) -> dict[str, Any]:
-        o, c = self.options, self.config
-        return dict(spatial_dims=c.dims, in_channels=c.in_channels, out_channels=c.out_channels,
-                    img_size=tuple(c.image_size), feature_size=o.feature_size, hidden_size=o.hidden_size,
-                    mlp_dim=o.mlp_dim, num_heads=o.num_heads, res_block=o.res_block, dropout_rate=o.dropout,
-                    qkv_bias=o.qkv_bias, **_given(norm_name=o.norm))
-
-    def total_stride(self) -> int:
-        return 16
-
-    def stride_rule(self) -> str:
-        return "UNETR's ViT patches are 16 voxels wide"
 
 
 # -- SwinUNETR -------------------------------------------------------------------------------
@@ -276,16 +261,9 @@ class MonaiSwinUNETR(MonaiNetwork):
 
     network = "SwinUNETR"
     Options = SwinUNETROptions
-
-    def kwargs(self) -> dict[str, Any]:
-        o, c = self.options, self.config
-        return dict(spatial_dims=c.dims, in_channels=c.in_channels, out_channels=c.out_channels,
-                    feature_size=o.feature_size, depths=tuple(o.depths), num_heads=tuple(o.num_heads),
-                    window_size=o.window_size, dropout_path_rate=o.drop_path, use_v2=o.use_v2,
-                    **_given(norm_name=o.norm))
-
-    def total_stride(self) -> int:
-        return 32
-
-    def stride_rule(self) -> str:
-        return "SwinUNETR patches by 2 then merges 4 times"
+    args: ClassVar[dict[str, Arg]] = {
+        "feature_size": "feature_size", "depths": lambda o, c: tuple(o.depths),
+        "num_heads": lambda o, c: tuple(o.num_heads), "window_size": "window_size",
+        "dropout_path_rate": "drop_path", "use_v2": "use_v2"}
+    unless_none: ClassVar[dict[str, str]] = {"norm_name": "norm"}
+    fixed_stride = (32, "SwinUNETR patches by 2 then merges 4 times")
