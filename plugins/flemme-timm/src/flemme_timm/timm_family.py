@@ -21,6 +21,7 @@ from flemme_core.config import EncoderConfig
 from flemme_core.errors import CheckpointError, ConfigError, close_matches
 from flemme_core.weights import read_weights
 
+from .mobile_sam import is_mobile_sam
 from .pretrained import PretrainedEncoder, PretrainedOptions
 from .timm_import import import_timm
 
@@ -74,6 +75,10 @@ class TimmEncoder(PretrainedEncoder):
             kwargs["drop_path_rate"] = cfg.drop_path  # the model's own stochastic depth (TypeError if it has none)
         if opts.weights:
             state = read_weights(opts.weights)
+            if is_mobile_sam(state):  # same shapes as tiny_vit_5m_224, other names, stride and a neck
+                raise CheckpointError(f"{opts.weights!r} is MobileSAM's (original TinyViT layout, not timm's): use "
+                                      f"--encoder sam --set encoder.variant=vit_t (MobileSAM's image encoder, its neck "
+                                      f"and stride 16)")
             native = dict(opts.model_args)  # the file is the model at its own size (no img_size of ours)
             keys, heads = expected_keys(timm, opts.model, native)
             missing = sorted(keys - set(state) - heads)
