@@ -59,7 +59,7 @@ def test_recipe_is_mmfds_structure():
     assert all(b["freeze"] and b["input_size"] == [512, 512] for b in teacher["branches"])
     distilled = yaml.safe_load(DISTILL.read_text())["model"]
     assert teacher_of(distilled) == teacher  # the distillation's teacher is the recipe
-    assert distilled["encoder"]["model"] == "tiny_vit_5m_224"
+    assert (distilled["encoder"]["name"], distilled["encoder"]["variant"]) == ("sam", "vit_t")  # MobileSAM's encoder
     assert distilled["arch_options"]["feature_weight"] == 10.0 and distilled["arch_options"]["logit_weight"] == 0.0
 
 
@@ -82,7 +82,9 @@ def test_recipe_builds_and_trains_only_lora_fusion_and_decoder():
 
 def test_distillation_into_tinyvit_builds_and_runs_both_stages():
     model = build_model(small(DISTILL)["model"])
-    assert model.student.encoder.timm_model == "tiny_vit_5m_224"
+    student = model.student.encoder
+    assert "MobileSAM" in student.backend and (student.feature_channels, student.feature_strides) == ([256], [16])
+    assert isinstance(model.projectors[0], torch.nn.Identity)  # 256 = the fused width: MSE on the embedding itself
     x, y = torch.rand(2, 1, 32, 32), torch.randint(0, 2, (2, 1, 32, 32))
     from flemme_core.losses import build_loss
 
@@ -96,6 +98,36 @@ def test_distillation_into_tinyvit_builds_and_runs_both_stages():
     assert logs["feature"] > 0  # MMFD's feature MSE (weight 10) between student and fused teacher maps
     assert all(p.grad is not None for p in model.student.encoder.parameters() if p.requires_grad)
     assert model(x).shape == (2, 2, 32, 32)
+
+
+def mobile_sam_layout(key: str) -> str:
+    """flemme's vit_t key -> MobileSAM's (the inverse of flemme_timm.mobile_sam's map, re-stated)."""
+    parts = ["c" if p == "conv" else p for p in key.split(".")]
+    if parts[0] == "stages":
+        stage = int(parts[1]) - (parts[2] == "downsample")
+        parts[:2] = ["layers", str(stage)]
+    elif parts[0] == "patch_embed":
+        parts[1:2] = ["seq", {"conv1": "0", "conv2": "2"}[parts[1]]]
+    return "image_encoder." + ".".join(parts)
+
+
+def test_mobile_sam_checkpoint_starts_the_student(tmp_path):
+    """--set encoder.weights=mobile_sam.pt: the file as MobileSAM publishes it (whole Sam, its unused
+    classifier included) fills the student's encoder; grey input sums the RGB stem filters."""
+    torch.manual_seed(0)
+    published = build_model({"arch": "unet", "image_size": 32, "in_channels": 3,
+                             "encoder": {"name": "sam", "variant": "vit_t"}}).encoder.backbone.state_dict()
+    state = {mobile_sam_layout(k): v for k, v in published.items()}
+    assert "image_encoder.layers.2.downsample.conv2.c.weight" in state and "image_encoder.patch_embed.seq.0.c.weight" in state
+    state |= {"image_encoder.norm_head.weight": torch.ones(320), "image_encoder.head.weight": torch.zeros(1000, 320),
+              "mask_decoder.iou_token.weight": torch.zeros(1, 256)}
+    torch.save(state, tmp_path / "mobile_sam.pt")
+    cfg = small(DISTILL)
+    cfg["model"]["encoder"]["weights"] = str(tmp_path / "mobile_sam.pt")
+    student = build_model(cfg["model"]).student.encoder.backbone
+    assert torch.equal(student.stages[3].downsample.conv2.conv.weight, published["stages.3.downsample.conv2.conv.weight"])
+    assert torch.equal(student.neck[2].weight, published["neck.2.weight"])
+    assert torch.equal(student.patch_embed.conv1.conv.weight, published["patch_embed.conv1.conv.weight"].sum(1, keepdim=True))
 
 
 def test_published_weights_plug_in_under_options_and_are_not_needed_to_reload(tmp_path):

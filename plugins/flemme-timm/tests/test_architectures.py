@@ -12,7 +12,8 @@ TINY_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 
                "image_size": 32, "patch_size": 8}
 FAMILIES = {
     "timm-resnet10t": {"name": "timm", "model": "resnet10t"},
-    "tinyvit": {"name": "timm", "model": "tiny_vit_5m_224"},  # MobileSAM's student, through timm
+    "tinyvit": {"name": "timm", "model": "tiny_vit_5m_224"},  # ImageNet TinyViT's pyramid, through timm
+    "mobile_sam": {"name": "sam", "variant": "vit_t", "pyramid": [8, 16, 32]},  # MobileSAM's encoder + neck
     "sam": {"name": "sam", "embed_dim": 32, "depth": 2, "num_heads": 2, "global_attn_indexes": [1],
             "window_size": 2, "neck_channels": 16, "native_size": 64, "pyramid": [8, 16, 32]},
     "clip": {"name": "clip", "config": TINY_VISION, "pyramid": [4, 8, 16]},

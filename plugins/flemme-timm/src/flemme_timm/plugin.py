@@ -16,13 +16,14 @@ _TINY_CLIP = {"config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden
 def register_encoders(register) -> None:
     register("timm", "flemme_timm.timm_family:encoder",
              "any timm model's features_only pyramid (model: resnet34, convnext_tiny, tiny_vit_5m_224 = "
-             f"MobileSAM's TinyViT, ...; out_indices; model_args) in timm's weight format; {_COMMON}",
+             f"ImageNet TinyViT (MobileSAM's: sam vit_t), ...; out_indices; model_args) in timm's weight format; {_COMMON}",
              # zero_init_last: false, so that drop_path acts on a random ResNet (timm zeroes its residual branches)
              example={"model": "resnet10t", "out_indices": [0, 1, 2, 3], "model_args": {"zero_init_last": False},
                       "channels": None}, dims=[2])
     register("sam", "flemme_timm.sam:encoder",
              "SAM/MedSAM ViT image encoder (timm samvit) from the ORIGINAL checkpoint (image_encoder.* keys), "
-             "[256, H/16] after SAM's neck; variant: vit_b|vit_l|vit_h; position tables resized to the input; "
+             "[256, H/16] after SAM's neck; variant: vit_b|vit_l|vit_h, or vit_t = MobileSAM's TinyViT (weights: "
+             "mobile_sam.pt); position tables resized to the input; "
              f"{_COMMON}", example={**_TINY_SAM, "channels": None}, dims=[2])
     register("clip", "flemme_timm.clip:encoder",
              "CLIP vision tower (PLIP, OpenAI CLIP) from a Hugging Face folder via transformers: patch tokens "
