@@ -192,7 +192,7 @@ def test_reference_has_mobile_sams_keys(mobile_sam):
 
 
 def test_published_layout_loads_with_no_key_left_and_equal_embedding(mobile_sam):
-    """160 input: every window size pads (grids 40, 20, 10, 10); [256, 10²] at stride 16."""
+    """160 input: grids 40 (convolutions), 20, 10, 10, so every windowed stage pads; [256, 10²] at stride 16."""
     ref, path = mobile_sam
     enc = vit_t({"weights": str(path), "normalize": False})
     assert enc.feature_channels == [256] and enc.feature_strides == [16]
@@ -240,9 +240,13 @@ def test_mobile_sam_file_under_another_variant_or_timm_says_vit_t(mobile_sam):
             "name": "timm", "model": "tiny_vit_5m_224", "weights": str(path)}}))()
 
 
-def test_vit_overrides_are_refused_for_vit_t():
+def test_vit_overrides_and_qv_lora_are_refused_for_vit_t():
     with pytest.raises(ConfigError, match=r"embed_dim overrides SAM's ViT; variant vit_t"):
         vit_t({"embed_dim": 32})
+    with pytest.raises(ConfigError, match=r"laid out per head"):  # q, k, v per head, not the thirds LoRA qv takes
+        vit_t({"lora": {"rank": 4}})
+    enc = vit_t({"freeze": True, "lora": {"rank": 2, "targets": [r"attn\.qkv$"]}}, size=64)
+    assert enc.lora_layers and all(n.endswith("attn.qkv") for n in enc.lora_layers)
 
 
 def test_random_vit_t_is_mobile_sams_size_and_trains():
