@@ -15,6 +15,8 @@ from typing import Any
 
 import click
 
+from .cli_options import data_option, output_option, quiet_option, yaml_file_argument
+
 
 def data_source(value: str) -> dict[str, Any]:
     """``--data``: a preset, a datalist JSON, IMAGES_DIR:LABELS_DIR or a Decathlon/nnU-Net folder
@@ -122,8 +124,8 @@ def variants_table(variants: dict[str, dict[str, Any]], timing: dict[str, Any]) 
 
 # ---------------------------------------------------------------------------------------
 @click.command("train")
-@click.argument("config_path", required=False, type=click.Path(dir_okay=False))
-@click.option("--data", help="Dataset: a preset name (`flemme list datasets`), a datalist .json, or IMAGES:LABELS.")
+@yaml_file_argument("config_path")
+@data_option("Dataset: a preset name (`flemme list datasets`), a datalist .json, or IMAGES:LABELS.")
 @click.option("--encoder", help="Encoder family (overrides model.encoder.name).")
 @click.option("--arch", help="Architecture (overrides model.arch).")
 @click.option("--steps", type=int, help="Training steps (train.steps).")
@@ -133,14 +135,14 @@ def variants_table(variants: dict[str, dict[str, Any]], timing: dict[str, Any]) 
 @click.option("--val-every", "val_every", type=int, help="Validate every N steps (train.val_every).")
 @click.option("--device", help="auto | cpu | cuda (train.device).")
 @click.option("--amp", help="auto | none | bf16 | fp16 (train.amp).")
-@click.option("--output", "-o", help="Run folder (train.output; default runs/<config name>).")
+@output_option("Run folder (train.output; default runs/<config name>).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Any config key: train.lr=3e-4, data.patch_size=[64,64], encoder.block=res_conv (model.).")
 @click.option("--resume", is_flag=True, help="Continue the run in the output folder from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in the output folder.")
 @click.option("--nproc", type=int, default=1, show_default=True,
               help="Processes (DDP through torchrun; gloo on CPU, NCCL on CUDA).")
-@click.option("--quiet", "-q", is_flag=True, help="No progress output; only the final summary.")
+@quiet_option("No progress output; only the final summary.")
 def train_command(config_path, data, sets, resume, overwrite, nproc, quiet, **flags) -> None:
     """Train a model from a YAML config (model:, data:, train:) and/or flags.
 
@@ -268,9 +270,9 @@ def predict_command(checkpoint, inputs, output, normalize, device) -> None:
 @click.command("demo")
 @click.option("--synthetic", is_flag=True, help="Generated 2D images instead of MNI152 (needs no nilearn).")
 @click.option("--steps", type=int, help="Training steps (default: 300 for MNI152, 200 synthetic).")
-@click.option("--output", "-o", help="Run folder (default runs/<demo name>; a previous demo there is replaced).")
+@output_option("Run folder (default runs/<demo name>; a previous demo there is replaced).")
 @click.option("--threads", type=int, help="torch threads (default: torch's choice).")
-@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@quiet_option("No progress output.")
 def demo_command(synthetic, steps, output, threads, quiet) -> None:
     """Train and evaluate a small model on real images (MNI152 brain tissue via nilearn).
 

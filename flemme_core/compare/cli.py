@@ -11,23 +11,25 @@ from typing import Any
 
 import click
 
+from ..cli_options import data_option, output_option, quiet_option, yaml_file_argument
+
 STUDY_FILE = "study.yaml"
 
 
 @click.command("compare")
-@click.argument("study_file", required=False, type=click.Path(dir_okay=False))
+@yaml_file_argument("study_file")
 @click.option("--encoders", help="Encoder rows, comma-separated; options after colons: cnn,mamba,mamba:mixer=identity.")
 @click.option("--arch", help="Architectures, comma-separated (one that takes no encoder is one reference row).")
-@click.option("--data", help="Datasets, comma-separated: presets (`flemme list datasets`), datalist .json or IMAGES:LABELS.")
+@data_option("Datasets, comma-separated: presets (`flemme list datasets`), datalist .json or IMAGES:LABELS.")
 @click.option("--seeds", type=int, help="Seeds per cell: 3 runs seeds 0, 1, 2.")
 @click.option("--budget", help="Per cell: steps=600 (equal steps) or seconds=180 (equal wall-clock training time).")
 @click.option("--match-params", "match", type=float, help="Scale every row's widths to this parameter count (±10%).")
 @click.option("--baseline", help="The row the others are compared with (default: the first row).")
 @click.option("--threads", type=int, help="torch threads per cell (train.threads).")
-@click.option("--output", "-o", help="Study folder (default studies/<study name>).")
+@output_option("Study folder (default studies/<study name>).")
 @click.option("--shard", metavar="I/N", help="Run only the I-th of N parts of the cells (e.g. 2/4); finished cells are skipped.")
 @click.option("--table-only", is_flag=True, help="Only rebuild the report from the finished cells.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress lines (the table is still printed).")
+@quiet_option("No progress lines (the table is still printed).")
 def compare(study_file: str | None, encoders: str | None, arch: str | None, data: str | None, seeds: int | None,
             budget: str | None, match: float | None, baseline: str | None, threads: int | None,
             output: str | None, shard: str | None, table_only: bool, quiet: bool) -> None:
