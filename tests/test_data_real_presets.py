@@ -101,6 +101,27 @@ def test_colin27_aal_slices_mod_10():
     assert values <= set(range(117)) and len(values) > 100
 
 
+@pytest.mark.skipif(not (MRICRON / "aal.nii.gz").exists(), reason="needs apt-get install mricron-data")
+def test_colin27_aal_whole_slices_at_2x_subsampling():
+    """options: {subsample: 2}: every second voxel of the same slices (not averaged: atlas labels),
+    padded with background to a multiple of 32 -- whole slices are one patch for any encoder."""
+    full, half = load_preset("colin27-aal-2d"), load_preset("colin27-aal-2d", subsample=2)
+    assert half.train[0]["image"].shape == half.held_out[0]["label"].shape == (1, 96, 128)
+    assert half.patch_size == (96, 128) and half.spacing == (2.0, 2.0)
+    assert [w["z"] for w in half.held_out_where] == [w["z"] for w in full.held_out_where]
+    for a, b in ((full.train[5], half.train[5]), (full.held_out[2], half.held_out[2])):
+        for key in ("image", "label"):
+            np.testing.assert_array_equal(b[key][:, :91, :109], a[key][:, ::2, ::2])  # 181x217 -> 91x109
+        assert not b["label"][:, 91:].any() and not b["label"][:, :, 109:].any()
+        assert np.all(b["image"][:, 91:] == a["image"].min()) and np.all(b["image"][:, :, 109:] == a["image"].min())
+    assert np.allclose(np.diag(half.affine)[:2], 2 * np.diag(full.affine)[:2])
+    assert "subsampled 2x" in half.preprocessing[0]["why"] and "2x in-plane" in half.held_out_description
+    from flemme_core.errors import FlemmeError
+
+    with pytest.raises(FlemmeError, match="subsample must be a whole number >= 1"):
+        load_preset("colin27-aal-2d", subsample=0)
+
+
 def test_colin27_t1_and_its_mni_fallback(monkeypatch):
     from flemme_core.data import presets
 

@@ -41,7 +41,8 @@ PRESETS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "colin27-aal-2d": (
         f"{_MODULE}:colin27_aal_2d",
         ("Colin27 T1 axial slices with the 116-region AAL atlas (Debian mricron-data), 117 classes; "
-        "train z mod 10 in 0..6, evaluate z mod 10 == 8"),
+        "train z mod 10 in 0..6, evaluate z mod 10 == 8; options: {subsample: 2}: whole slices at 2x "
+        "in-plane subsampling (every 2nd voxel, 2 mm), padded with background to 96x128"),
         {"dims": 2, "task": "segmentation", "num_classes": 117, "requires": "mricron-data (apt)"},
     ),
     "colin27-t1-2d": (

@@ -207,15 +207,38 @@ def _z_split(num_slices: int, keep: list[int]) -> tuple[list[int], list[int]]:
     return [z for z in zs if z % 10 <= 6], [z for z in zs if z % 10 == 8]
 
 
-def colin27_aal_2d(skull_stripped: bool = True) -> DatasetSplits:
-    """Colin27 T1 axial slices with AAL labels remapped to 0..116 (z-scored inside the brain)."""
+#: whole subsampled slices are padded with background to a multiple of this (every encoder's stride)
+SLICE_MULTIPLE = 32
+
+
+def colin27_aal_2d(skull_stripped: bool = True, subsample: int = 1) -> DatasetSplits:
+    """Colin27 T1 axial slices with AAL labels remapped to 0..116 (z-scored inside the brain).
+
+    ``subsample`` k > 1 keeps every k-th voxel along both in-plane axes (labels stay atlas
+    labels, never averaged) and pads with background (the image's own background value,
+    label 0) to a multiple of 32, so that a whole slice is one patch for any encoder: 2 gives
+    the "whole axial slices at 2x in-plane subsampling" of the issue-15 protocol, 96x128 at
+    2 mm. The z split is unchanged.
+    """
+    if isinstance(subsample, bool) or not isinstance(subsample, int) or subsample < 1:
+        raise DataError(f"colin27-aal-2d: options.subsample must be a whole number >= 1 (2: every second voxel "
+                        f"in-plane), got {subsample!r}")
     t1 = _colin_file("ch2bet.nii.gz" if skull_stripped else "ch2.nii.gz", "colin27-aal-2d")
     aal = _colin_file("aal.nii.gz", "colin27-aal-2d")
     raw = np.asarray(aal.dataobj).astype(np.int64)
     values = np.unique(raw)  # 0 plus the 116 region codes: map to 0..116 whatever the codes are
     label = np.searchsorted(values, raw).astype(np.int64)
     image = np.asarray(t1.dataobj).astype(np.float32)
-    image, step = zscore_in_mask(image, (image > 0) | (label > 0), "brain (image > 0 or labelled)")
+    background = (image <= 0) & (label == 0)
+    image, step = zscore_in_mask(image, ~background, "brain (image > 0 or labelled)")
+    affine = np.asarray(t1.affine, dtype=np.float64)
+    if subsample > 1:
+        k = subsample
+        image, label = _subsample_in_plane(image, k, float(image[background].max())), _subsample_in_plane(label, k, 0)
+        affine = affine.copy()
+        affine[:3, :2] *= k
+        step = {**step, "why": step["why"] + f"; slices were also subsampled {k}x in-plane (every {k}th voxel) and "
+                "padded with background: predict on such slices"}
     with_labels = [z for z in range(label.shape[2]) if label[..., z].any()]
     tr, ho = _z_split(label.shape[2], with_labels)
 
@@ -225,12 +248,21 @@ def colin27_aal_2d(skull_stripped: bool = True) -> DatasetSplits:
     names = ["background"] + _aal_names(len(values) - 1)
     return DatasetSplits(
         name="colin27-aal-2d", train=take(tr), held_out=take(ho), num_classes=len(values), dims=2,
-        task="segmentation", spacing=(1.0, 1.0), affine=np.asarray(t1.affine), class_names=names,
-        patch_size=(128, 128), source=COLIN_SOURCE, train_where=[{"z": z} for z in tr],
-        held_out_where=[{"z": z} for z in ho], preprocessing=[step],
-        held_out_description=(f"{len(ho)} axial slices with z mod 10 == 8 of Colin27; trained on {len(tr)} slices "
-                              "with z mod 10 in 0..6 (7 and 9 unused guard bands)"),
+        task="segmentation", spacing=(float(subsample),) * 2, affine=affine, class_names=names,
+        patch_size=(128, 128) if subsample == 1 else tuple(label.shape[:2]), source=COLIN_SOURCE,
+        train_where=[{"z": z} for z in tr], held_out_where=[{"z": z} for z in ho], preprocessing=[step],
+        held_out_description=(f"{len(ho)} axial slices with z mod 10 == 8 of Colin27"
+                              + (f" (whole, {subsample}x in-plane subsampled)" if subsample > 1 else "")
+                              + f"; trained on {len(tr)} slices with z mod 10 in 0..6 (7 and 9 unused guard bands)"),
     )
+
+
+def _subsample_in_plane(volume: np.ndarray, k: int, fill: float) -> np.ndarray:
+    """Every ``k``-th voxel of the two in-plane axes (z untouched), padded at the far ends with
+    ``fill`` to a multiple of :data:`SLICE_MULTIPLE`."""
+    v = volume[::k, ::k]
+    pad = [(0, -s % SLICE_MULTIPLE) for s in v.shape[:2]] + [(0, 0)]
+    return np.pad(v, pad, constant_values=fill).astype(volume.dtype)
 
 
 def _aal_names(n: int) -> list[str]:
