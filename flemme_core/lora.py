@@ -45,64 +45,66 @@ class LoRAOptions:
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-class LoRALinear(nn.Module):
-    """A frozen ``nn.Linear`` plus a trainable rank-``r`` update."""
+class _Adapter(nn.Module):
+    """A frozen ``base`` layer and its low-rank pairs ``(A, B)``, each update ``(alpha / rank) B A x``.
 
-    def __init__(self, base: nn.Linear, rank: int, alpha: float):
+    The subclasses only say what ``A`` and ``B`` are (and, for fused qkv, where the updates go).
+    """
+
+    def __init__(self, base: nn.Module, lora_a: nn.Module, lora_b: nn.Module, rank: int, alpha: float):
         super().__init__()
         self.base = base
-        self.lora_a = nn.Linear(base.in_features, rank, bias=False)
-        self.lora_b = nn.Linear(rank, base.out_features, bias=False)
-        nn.init.kaiming_uniform_(self.lora_a.weight, a=math.sqrt(5))
-        nn.init.zeros_(self.lora_b.weight)
-        self.scale = alpha / rank
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + self.scale * self.lora_b(self.lora_a(x))
-
-
-class LoRAConv(nn.Module):
-    """A frozen convolution plus a trainable rank-``r`` update (same geometry, any dims)."""
-
-    def __init__(self, base: nn.Conv1d | nn.Conv2d | nn.Conv3d, rank: int, alpha: float):
-        super().__init__()
-        self.base = base
-        conv = type(base)
-        self.lora_a = conv(base.in_channels, rank, base.kernel_size, stride=base.stride, padding=base.padding,
-                           dilation=base.dilation, groups=1, bias=False, padding_mode=base.padding_mode)
-        self.lora_b = conv(rank, base.out_channels, 1, bias=False)
-        nn.init.kaiming_uniform_(self.lora_a.weight, a=math.sqrt(5))
-        nn.init.zeros_(self.lora_b.weight)
-        self.scale = alpha / rank
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + self.scale * self.lora_b(self.lora_a(x))
-
-
-class LoRAQKV(nn.Module):
-    """A frozen fused ``qkv`` linear plus trainable rank-``r`` updates of its q and v outputs."""
-
-    def __init__(self, base: nn.Linear, rank: int, alpha: float):
-        super().__init__()
-        if base.out_features % 3:
-            raise ConfigError(f"lora target qv: a fused qkv layer needs 3·d outputs, got {base.out_features}")
-        self.base = base
-        width = base.out_features // 3
-        self.lora_a = nn.ModuleList(nn.Linear(base.in_features, rank, bias=False) for _ in range(2))
-        self.lora_b = nn.ModuleList(nn.Linear(rank, width, bias=False) for _ in range(2))
-        for a, b in zip(self.lora_a, self.lora_b):
+        self.lora_a = lora_a
+        self.lora_b = lora_b
+        pairs = zip(lora_a, lora_b) if isinstance(lora_a, nn.ModuleList) else [(lora_a, lora_b)]
+        for a, b in pairs:  # B = 0: wrapping changes nothing until training moves B
             nn.init.kaiming_uniform_(a.weight, a=math.sqrt(5))
             nn.init.zeros_(b.weight)
         self.scale = alpha / rank
 
+    def update(self, x: torch.Tensor, a: nn.Module, b: nn.Module) -> torch.Tensor:
+        return self.scale * b(a(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.update(x, self.lora_a, self.lora_b)
+
+
+class LoRALinear(_Adapter):
+    """A frozen ``nn.Linear`` plus a trainable rank-``r`` update."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float):
+        super().__init__(base, nn.Linear(base.in_features, rank, bias=False),
+                         nn.Linear(rank, base.out_features, bias=False), rank, alpha)
+
+
+class LoRAConv(_Adapter):
+    """A frozen convolution plus a trainable rank-``r`` update (same geometry, any dims)."""
+
+    def __init__(self, base: nn.Conv1d | nn.Conv2d | nn.Conv3d, rank: int, alpha: float):
+        conv = type(base)
+        super().__init__(base, conv(base.in_channels, rank, base.kernel_size, stride=base.stride, padding=base.padding,
+                                    dilation=base.dilation, groups=1, bias=False, padding_mode=base.padding_mode),
+                         conv(rank, base.out_channels, 1, bias=False), rank, alpha)
+
+
+class LoRAQKV(_Adapter):
+    """A frozen fused ``qkv`` linear plus trainable rank-``r`` updates of its q and v outputs."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float):
+        if base.out_features % 3:
+            raise ConfigError(f"lora target qv: a fused qkv layer needs 3·d outputs, got {base.out_features}")
+        width = base.out_features // 3
+        super().__init__(base, nn.ModuleList(nn.Linear(base.in_features, rank, bias=False) for _ in range(2)),
+                         nn.ModuleList(nn.Linear(rank, width, bias=False) for _ in range(2)), rank, alpha)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.base(x).chunk(3, dim=-1)
-        q = q + self.scale * self.lora_b[0](self.lora_a[0](x))
-        v = v + self.scale * self.lora_b[1](self.lora_a[1](x))
+        q = q + self.update(x, self.lora_a[0], self.lora_b[0])
+        v = v + self.update(x, self.lora_a[1], self.lora_b[1])
         return torch.cat([q, k, v], dim=-1)
 
 
-ADAPTERS = (LoRALinear, LoRAConv, LoRAQKV)
+ADAPTERS = (_Adapter,)
 FUSED_QKV = re.compile(r"(^|\.)qkv$")
 SEPARATE_QV = re.compile(r"(^|\.)(q_proj|v_proj|query|value)$")
 
