@@ -13,9 +13,10 @@ import os
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 FORMAT = "flemme-model/1"
+T = TypeVar("T")
 
 
 def _umask() -> int:
@@ -79,22 +80,32 @@ def save_model(model, path: str | Path, extra: Mapping[str, Any] | None = None) 
     return atomic_write(path, lambda tmp: st_save_model(model, tmp, metadata=metadata))
 
 
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The decoded flemme metadata of a checkpoint, without loading weights or plugins."""
+def read_safetensors_file(path: Path, read: Callable[[Any], T], missing: str, unreadable: str) -> T:
+    """``read(handle)`` on the open safetensors file ``path`` (torch's framework); a missing
+    file is ``CheckpointError(missing)``, one that does not parse ``CheckpointError(unreadable: why)``.
+    One place for both readers (model checkpoints here, foreign weights in :mod:`.weights`)."""
     from safetensors import safe_open
 
     from .errors import CheckpointError
 
-    path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+        raise CheckpointError(missing)
     try:
         with safe_open(str(path), framework="pt") as fh:
-            raw = fh.metadata() or {}
-            num_tensors = len(list(fh.keys()))
+            return read(fh)
     except Exception as exc:  # noqa: BLE001 - any parse failure is a corrupt file to the user
-        raise CheckpointError(f"{str(path)!r} is not a readable safetensors file (truncated or corrupt?): "
+        raise CheckpointError(f"{unreadable}: "
                               f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The decoded flemme metadata of a checkpoint, without loading weights or plugins."""
+    from .errors import CheckpointError
+
+    path = Path(path)
+    raw, num_tensors = read_safetensors_file(
+        path, lambda fh: (fh.metadata() or {}, len(list(fh.keys()))), f"checkpoint {str(path)!r} does not exist",
+        f"{str(path)!r} is not a readable safetensors file (truncated or corrupt?)")
     if raw.get("format") != FORMAT or "flemme.config" not in raw:
         raise CheckpointError(f"{str(path)!r} is a safetensors file but not a flemme model checkpoint "
                               f"(no flemme config in its metadata); save it with flemme_core.save_model")

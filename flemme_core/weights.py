@@ -131,19 +131,16 @@ def read_safetensors(path: str | Path, keep: Callable[[str], bool] | None = None
                      ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The tensors (those whose key ``keep`` accepts; all by default) and the metadata of a
     local safetensors file (one-line errors). Tensors not kept are never read."""
-    from safetensors import safe_open
+    from flemme_core.checkpoint import read_safetensors_file
+
+    def read(fh: Any) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        meta = fh.metadata() or {}
+        return {k: fh.get_tensor(k) for k in fh.keys() if keep is None or keep(k)}, meta  # noqa: SIM118
 
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"weights file {str(path)!r} does not exist; give a local .safetensors path")
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-            tensors = {k: fh.get_tensor(k) for k in fh.keys() if keep is None or keep(k)}  # noqa: SIM118
-    except Exception as exc:  # noqa: BLE001 - any parse failure is a corrupt file to the user
-        raise CheckpointError(f"{str(path)!r} is not a readable safetensors file: "
-                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-    return tensors, meta
+    return read_safetensors_file(path, read,
+                                 f"weights file {str(path)!r} does not exist; give a local .safetensors path",
+                                 f"{str(path)!r} is not a readable safetensors file")
 
 
 #: keys under which training scripts nest the weights in a ``.pth`` (Lightning, DeiT, MAE, SAM fine-tunes).
