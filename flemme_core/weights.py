@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -235,3 +235,12 @@ def adapt_input_weight(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
         return weight.sum(dim=1, keepdim=True)
     idx = [i % 3 for i in range(in_channels)]
     return weight[:, idx] * (3 / in_channels)
+
+
+def adapt_constants(values: Sequence[float], in_channels: int) -> list[float]:
+    """Per-channel normalisation constants (RGB mean or std) matching :func:`adapt_input_weight`:
+    averaged for 1 channel, cycled for C."""
+    values = [float(v) for v in values]
+    if in_channels == 1:
+        return [sum(values) / len(values)]
+    return [values[i % len(values)] for i in range(in_channels)]

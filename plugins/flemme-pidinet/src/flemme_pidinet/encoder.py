@@ -31,6 +31,7 @@ from torch import nn
 from flemme_core.config import EncoderConfig, parse_options
 from flemme_core.encoder import Encoder, resolve_defaults
 from flemme_core.errors import ConfigError, ShapeError
+from flemme_core.weights import adapt_constants
 
 from .family import PiDiNetFamily
 from .network import CDCM, CSAM, MapReduce, PDCBlock, PDCConv
@@ -89,8 +90,7 @@ class PiDiNetEncoder(Encoder):
 
         norm = NORMALIZE[opts.normalize]
         if norm is not None:
-            mean, std = (torch.tensor([v[i % 3] for i in range(cfg.in_channels)]) if cfg.in_channels != 1
-                         else torch.tensor([sum(v) / 3]) for v in norm)
+            mean, std = (torch.tensor(adapt_constants(v, cfg.in_channels)) for v in norm)
             self.register_buffer("input_mean", mean.view(1, -1, 1, 1), persistent=False)
             self.register_buffer("input_std", std.view(1, -1, 1, 1), persistent=False)
         else:

@@ -37,6 +37,7 @@ from flemme_core.config import EncoderConfig, parse_options
 from flemme_core.encoder import Encoder, registered_block_family
 from flemme_core.errors import ConfigError, ShapeError
 from flemme_core.lora import LoRAOptions, freeze_with_lora
+from flemme_core.weights import adapt_constants
 
 #: keys of a family config that only say where the initial weights come from.
 FILE_KEYS = ("weights",)
@@ -71,14 +72,6 @@ class PretrainedOptions:
                 raise ConfigError(f"model.encoder.pyramid must list output strides that are powers of 2, "
                                   f"e.g. [8, 16, 32], got {self.pyramid!r}")
             self.pyramid = sorted(set(self.pyramid))
-
-
-def adapt_constants(values: Sequence[float], in_channels: int) -> list[float]:
-    """Per-channel normalisation constants matching :func:`flemme_core.weights.adapt_input_weight`."""
-    values = [float(v) for v in values]
-    if in_channels == 1:
-        return [sum(values) / len(values)]
-    return [values[i % len(values)] for i in range(in_channels)]
 
 
 class SimplePyramid(nn.Module):
