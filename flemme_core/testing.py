@@ -52,6 +52,7 @@ __all__ = [
     "check_context",
     "check_contract",
     "check_family",
+    "check_reloads_without",
     "check_save_load",
     "conformance_tests",
     "encoder_config",
@@ -314,6 +315,25 @@ def check_save_load(family: str, dims: Sequence[int] | None = None) -> None:
         with torch.no_grad():
             if not torch.equal(model(x), again(x)):
                 raise _fail(family, "save/load", f"the loaded model ({d}D) computes something else")
+
+
+def check_reloads_without(model: Any, files: Iterable[str | Path], x: Any, folder: str | Path) -> None:
+    """Save ``model`` in ``folder``, delete ``files`` (the published weights it was built from),
+    load it back: it must compute the same as ``model`` on ``x``, bit-exact. A model whose
+    config names a weights file must not need that file once saved (a checkpoint travels alone)."""
+    import torch
+
+    from .checkpoint import load_model, save_model
+
+    model.eval()
+    path = save_model(model, Path(folder) / "m.safetensors")
+    for file in files:
+        Path(file).unlink()
+    again = load_model(path).eval()
+    with torch.no_grad():
+        if not torch.equal(model(x), again(x)):
+            raise AssertionError(f"the model loaded from {path} without {[str(f) for f in files]} computes "
+                                 "something else")
 
 
 CHECKS: dict[str, Callable[..., None]] = {

@@ -16,7 +16,8 @@ pytest.importorskip("transformers")
 if __import__("importlib.util").util.find_spec("timm") is None:  # `import timm` itself needs torchvision;
     pytest.skip("timm is not installed", allow_module_level=True)  # flemme-timm imports it without
 
-from flemme_core import build_model, load_model, save_model
+from flemme_core import build_model
+from flemme_core.testing import check_reloads_without
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RECIPE, DISTILL = CONFIGS / "mmfd-medsam-plip-pidinet.yaml", CONFIGS / "mmfd-distill-tinyvit.yaml"
@@ -144,12 +145,7 @@ def test_published_weights_plug_in_under_options_and_are_not_needed_to_reload(tm
     pidinet = model.encoder.branches[1].encoder
     assert torch.equal(pidinet.block4_4.conv2.weight, published["block4_4.conv2.weight"])
     assert torch.equal(pidinet.init_block.weight, published["init_block.weight"].sum(1, keepdim=True))  # grey
-    save_model(model, tmp_path / "m.safetensors")
-    path.unlink()
-    again = load_model(tmp_path / "m.safetensors").eval()
-    x = torch.rand(1, 1, 32, 32)
-    with torch.no_grad():
-        assert torch.equal(model(x), again(x))
+    check_reloads_without(model, [path], torch.rand(1, 1, 32, 32), tmp_path)
 
 
 def test_a_pth_given_as_the_fusions_safetensors_weights_says_where_it_goes(tmp_path):

@@ -7,8 +7,9 @@ import importlib.util
 import pytest
 import torch
 
-from flemme_core import build_model, load_model, save_model
+from flemme_core import build_model
 from flemme_core.errors import CheckpointError, ConfigError
+from flemme_core.testing import check_reloads_without
 
 TINY = {"name": "pidinet", "variant": "tiny"}  # C = 20, CDCM 8
 
@@ -194,13 +195,7 @@ def test_conformance_kit_every_installed_architecture():
 def test_checkpoint_round_trip_without_the_weights_file(tmp_path):
     path = tmp_path / "ckpt.pth"
     fake_official_checkpoint(path)
-    model = pidinet(in_channels=3, weights=str(path)).eval()
-    save_model(model, tmp_path / "m.safetensors")
-    path.unlink()
-    again = load_model(tmp_path / "m.safetensors").eval()
-    x = torch.rand(1, 3, 32, 32)
-    with torch.no_grad():
-        assert torch.equal(model(x), again(x))
+    check_reloads_without(pidinet(in_channels=3, weights=str(path)), [path], torch.rand(1, 3, 32, 32), tmp_path)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("flemme_pyramid") is None, reason="flemme-pyramid not installed")
