@@ -111,12 +111,12 @@ def test_non_regular_files_in_a_datalist_are_refused(tmp_path, kind):
 
 
 def test_a_figure_that_cannot_be_drawn_never_fails_the_run(capsys):
-    from flemme_core.training.trainer import _figure
+    from flemme_core.training.outputs import draw_figure
 
     def broken():
         raise ValueError("zero-size array to reduction operation")
 
-    _figure("overlay.png", broken)  # no exception
+    draw_figure("overlay.png", broken)  # no exception
     err = capsys.readouterr().err
     assert "note: overlay.png not drawn (ValueError: zero-size array" in err and "unaffected" in err
 

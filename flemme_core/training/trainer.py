@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,13 +24,13 @@ from . import setup as S
 from .config import RunConfig, plan_stage_steps
 from .distributed import DistContext, all_reduce_sum, any_flag, barrier, init_distributed, shutdown
 from .evaluation import EvalSettings, autocast, evaluate
-from .logs import MetricsLog, Progress, json_safe, tensorboard_writer
+from .logs import MetricsLog, Progress, tensorboard_writer
 from .metrics import distance_units
 from .optim import Schedule, build_optimizer
+from .outputs import write_outputs
 from .sampling import SeededDataset, StepBatchSampler, StreamOrder, make_train_loader
 from .state import (
     load_model_tensors,
-    prune_train_state,
     read_train_state,
     restore_rng,
     save_train_state,
@@ -453,35 +452,9 @@ class Trainer:
                                                "(no validation or checkpoint)"}}
 
     def _write_outputs(self, summary: dict[str, Any]) -> None:
-        import json
-
-        from ..checkpoint import atomic_write
-
-        text = json.dumps(json_safe(summary), indent=1, default=str, allow_nan=False)  # NaN -> null: valid JSON
-        atomic_write(Path(self.run_dir) / "summary.json", lambda tmp: Path(tmp).write_text(text))
-        if self.step >= self.total_steps and not self.cfg.keep_state and (self.run_dir / "state.json").exists():
-            prune_train_state(self.run_dir)  # finished: last/best hold the weights; nothing left to resume
-        try:
-            from .plots import plot_curves, plot_overlay
-        except ImportError:  # matplotlib missing: the numbers are still written
-            return
-        _figure("curves.png", lambda: plot_curves(self.run_dir / "metrics.jsonl", self.run_dir / "curves.png",
-                                                  units=distance_units(self.info.spacing)))
-        if self.example is not None:
-            _figure("overlay.png", lambda: plot_overlay(self.example, self.run_dir / "overlay.png", self.task,
-                                                        title=f"held out ({self.info.name}): step {self.step}",
-                                                        class_names=list(self.info.class_names)))
-
-
-def _figure(name: str, draw: Any) -> None:
-    """Draw one figure of a finished run; a figure that cannot be drawn is skipped with a note,
-    never a failure of the run (its checkpoints and metrics are already written)."""
-    try:
-        draw()
-    except Exception as exc:  # noqa: BLE001 - e.g. a 1x1x1 held-out image: nothing to draw
-        first = (str(exc).strip().splitlines() or [""])[0][:120]
-        print(f"note: {name} not drawn ({type(exc).__name__}: {first}); the run's results are unaffected",
-              file=sys.stderr, flush=True)
+        finished = self.step >= self.total_steps and not self.cfg.keep_state
+        write_outputs(self.run_dir, summary, prune=finished, info=self.info, task=self.task, example=self.example,
+                      step=self.step)
 
 
 def _median(values: list[float]) -> float | None:
