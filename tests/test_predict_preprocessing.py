@@ -57,7 +57,7 @@ def plugin_checkpoint(tmp_path_factory):
     get_registry().register_plugin(plugin, name="raw-plugin")
     out = tmp_path_factory.mktemp("pp") / "run"
     # batch norm: instance norm would make the model blind to an affine intensity change (what is tested)
-    run = {"model": {"arch": "unet", "encoder": {"name": "cnn", "channels": [4, 8], "norm": "batch"}},
+    run = {"model": {"arch": "unet", "encoder": {"name": "tiny", "channels": [4, 8], "norm": "batch"}},
            "data": {"preset": "raw-plugin-3d", "batch_size": 2},
            "train": {"steps": 6, "lr": 0.01, "warmup": 0, "val_every": 0, "threads": 1, "progress": False,
                      "output": str(out)}}
@@ -187,7 +187,7 @@ def test_stardist_predict_on_the_raw_held_out_quadrant_matches_eval(tmp_path):
     from flemme_core.training import train
     from flemme_core.training.inference import evaluate_checkpoint
 
-    run = {"model": {"arch": "unet", "encoder": {"name": "cnn", "channels": [8, 16, 32], "norm": "instance"}},
+    run = {"model": {"arch": "unet", "encoder": {"name": "tiny", "channels": [8, 16, 32], "norm": "instance"}},
            "data": {"preset": "stardist-nuclei-2d", "patch_size": [64, 64], "batch_size": 4},
            "train": {"steps": 60, "lr": 0.01, "warmup": 0, "val_every": 0, "threads": 2, "progress": False,
                      "output": str(tmp_path / "run")}}
