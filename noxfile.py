@@ -147,12 +147,11 @@ def study(session: nox.Session) -> None:
 
 @nox.session
 def mmfd_experiment(session: nox.Session) -> None:
-    """MMFD's goals (teacher vs best branch, student vs teacher), 3 seeds, stardist and MNI152 tissue."""
-    # the exact commands of plugins/flemme-mmfd/README.md "The goals" (finished runs are reused)
-    for dataset in ("stardist", "tissue"):
-        for control in ([], ["--control"]):  # the recipe, then its teacher stage without the fusion partner
-            session.run("python", "plugins/flemme-mmfd/experiments/mmfd_experiment.py", "--dataset", dataset,
-                        "--seeds", "0,1,2", "--out", "runs/mmfd-experiment", *control, *session.posargs)
+    """MMFD's goals (teacher vs best branch, student vs teacher, the control without the fusion
+    partner), 3 seeds, stardist and MNI152 tissue: one ``flemme compare`` study."""
+    # the exact command of plugins/flemme-mmfd/README.md "The goals" (finished cells are reused)
+    session.run("python", "-m", "flemme_core", "compare", "plugins/flemme-mmfd/experiments/mmfd.yaml",
+                "-o", "runs/mmfd", *session.posargs)
 
 
 @nox.session

@@ -171,3 +171,95 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, fragment):
 def test_table_only_needs_a_study_folder(tmp_path, study_file):
     result = CliRunner().invoke(main, ["compare", str(study_file), "--table-only", "-o", str(tmp_path / "none")])
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+# -- rows that train from another row's cell (${cells.ROW.checkpoint}) ------------------------------
+#: "warm" starts from "pre"'s final model of the same seed and learns nothing (lr 0): its weights
+#: must then be exactly those of that cell. Listed first: the study must still run "pre" before it.
+DEPENDENT = {**{k: STUDY[k] for k in ("datasets", "model", "threads", "bootstrap")}, "name": "chain", "seeds": 2,
+             "budget": {"steps": 4}, "train": {"save_every": 2, "lr": 0.01},
+             "rows": [{"name": "warm", "encoder": "tiny", "arch": "warm_unet",
+                       "arch_options": {"init": "${cells.pre.checkpoint}"}, "train": {"lr": 0.0}, "baseline": "pre"},
+                      {"name": "pre", "encoder": "tiny", "arch": "unet"}]}
+
+
+def _compare_warm(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "FLEMME_PLUGIN_MODULES": os.environ["FLEMME_PLUGIN_MODULES"] + ",warm_plugin"}
+    return subprocess.run([sys.executable, "-m", "flemme_core", "compare", *args], capture_output=True, text=True,
+                          timeout=900, check=False, env=env)
+
+
+def _weights(cell: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(cell / "last.safetensors"))
+
+
+def test_a_row_trains_from_another_rows_cell_of_the_same_seed(tmp_path):
+    spec = tmp_path / "chain.yaml"
+    spec.write_text(yaml.safe_dump(DEPENDENT))
+    out = tmp_path / "chain"
+    # another process holds pre's seed-0 cell: warm's seed-0 cell waits for it, in one line, and runs nothing
+    from flemme_core.training.runfolder import RunLock
+
+    with RunLock(out / "cells" / "pre" / "syn" / "seed0"):
+        held = _compare_warm(str(spec), "-o", str(out), "--shard", "1/2")
+    assert held.returncode == 0, held.stderr
+    line = next(ln for ln in held.stderr.splitlines() if "skip   warm" in ln)
+    assert "needs cells/pre/syn/seed0, which has no result yet" in line
+    assert not list(out.glob("cells/*/*/*/result.json"))
+    # a shard holds a cell and the cells it needs: shard 1 is seed 0 (pre, then warm), shard 2 seed 1
+    for part in ("1/2", "2/2"):
+        proc = _compare_warm(str(spec), "-o", str(out), "--shard", part)
+        assert proc.returncode == 0, proc.stderr
+        assert "needs" not in proc.stderr
+        starts = [ln.split("start")[1].strip() for ln in proc.stderr.splitlines() if " start " in ln]
+        seed = int(part[0]) - 1
+        assert [s.split("  ")[0] for s in starts] == [f"pre · syn · seed {seed}", f"warm · syn · seed {seed}"], starts
+    for seed in (0, 1):
+        warm, pre = (out / "cells" / row / "syn" / f"seed{seed}" for row in ("warm", "pre"))
+        # the recorded cell keeps the reference; the run folder's config has the path it resolved to
+        assert yaml.safe_load((warm / "cell.yaml").read_text())["run"]["model"]["arch_options"]["init"] == \
+            "${cells.pre.checkpoint}"
+        assert yaml.safe_load((warm / "config.yaml").read_text())["model"]["arch_options"]["init"] == \
+            str((pre / "last.safetensors").resolve())
+        a, b = _weights(warm), _weights(pre)
+        assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+    first = _weights(out / "cells" / "pre" / "syn" / "seed0")
+    assert any(not first[k].equal(b[k]) for k in b)  # the seeds differ: the check above tells them apart
+    entries = json.loads((out / "report.json").read_text())["entries"]
+    assert [e["row"] for e in entries] == ["warm", "pre"] and entries[0]["paired"]["diff"] == pytest.approx(0.0)
+    # a changed reference is a changed cell: refused in one line, before anything runs
+    changed = tmp_path / "changed.yaml"
+    rows = [{**DEPENDENT["rows"][0], "arch_options": {"init": "${cells.pre.dir}/last.safetensors"}}, DEPENDENT["rows"][1]]
+    changed.write_text(yaml.safe_dump({**DEPENDENT, "rows": rows}))
+    proc = _compare_warm(str(changed), "-o", str(out))
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
+    assert "cells/warm/syn/seed0 was run with a different config (model.arch_options.init changed)" in proc.stderr
+
+
+def _ref_row(name: str, ref: str) -> dict:
+    return {"name": name, "encoder": "tiny", "arch": "unet", "arch_options": {"init": ref}}
+
+
+@pytest.mark.parametrize("rows,fragment", [
+    ([_ref_row("a", "${cells.b.checkpoint}"), _ref_row("b", "${cells.a.checkpoint}")],
+     "rows need each other's cells in a cycle (a -> b -> a)"),
+    ([_ref_row("a", "${cells.a.checkpoint}")], "cycle (a -> a)"),
+    ([_ref_row("a", "${cells.pree.checkpoint}"), {"name": "pre", "encoder": "tiny", "arch": "unet"}],
+     "unknown row in row a's ${cells.ROW...} reference: 'pree'; did you mean 'pre'?"),
+    ([_ref_row("a", "${cells.pre}"), {"name": "pre", "encoder": "tiny", "arch": "unet"}],
+     "'${cells.pre}' is not a cell reference; write ${cells.ROW.checkpoint}"),
+    ([_ref_row("a", "${cells.pre.checkpoint}"), {"name": "pre", "encoder": "tiny", "arch": "unet", "datasets": ["x"]}],
+     "row a needs row pre's cell on dataset syn, where row pre does not run"),
+])
+def test_bad_cell_references_are_one_line_and_write_nothing(tmp_path, rows, fragment):
+    datasets = STUDY["datasets"] + [{"name": "x", "preset": "synthetic-2d"}]
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(yaml.safe_dump({**STUDY, "encoders": None, "architectures": None, "rows": rows, "datasets": datasets}))
+    out = tmp_path / "study"
+    result = CliRunner().invoke(main, ["compare", str(spec), "-o", str(out)])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("Error: ") and result.output.strip().count("\n") == 0, result.output
+    assert fragment in result.output
+    assert not out.exists()

@@ -9,6 +9,7 @@ Modules, one job each (all import-cheap at the top; torch only where a model is 
 
 * :mod:`.study` -- the study file / flags -> rows, datasets, seeds, budget; the cells;
 * :mod:`.budget` -- ``--budget``, ``--shard`` and ``match: params`` (width scaling);
+* :mod:`.depends` -- rows that train from other rows' cells (``${cells.ROW.checkpoint}``);
 * :mod:`.cells` -- running a cell (lock, resume, refuse a changed config, progress);
 * :mod:`.measure` -- inside a cell's process: train, evaluate per item, measure cost;
 * :mod:`.stats` -- mean ± std and the paired hierarchical bootstrap;

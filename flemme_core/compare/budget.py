@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -104,7 +105,10 @@ def build_cheaply(model_config: dict[str, Any]) -> Any:
     from ..build import build_model
 
     try:
-        with torch.device("meta"):
+        # a factory that loads weights (e.g. another cell's model) copies them into meta tensors: a
+        # no-op that torch warns about tensor by tensor
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             return build_model(copy.deepcopy(model_config))
     except Exception:  # noqa: BLE001 - e.g. .item() on a meta tensor; a real mistake fails again on the CPU
         return build_model(copy.deepcopy(model_config))

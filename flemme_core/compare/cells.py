@@ -5,7 +5,8 @@ A cell folder is an ordinary run folder (``flemme eval``/``predict`` work on it)
 ``cell.yaml`` (what the study asked for) and, once measured, ``result.json``. Re-running
 a study skips cells with a result, resumes cells with a run, refuses cells whose
 ``cell.yaml`` differs from what the study now asks (one line, before any cell runs) and
-skips cells another process holds (another shard running them now).
+skips cells another process holds (another shard running them now). A cell that needs
+other cells (:mod:`.depends`) runs once they have a result, in the same shard.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 from ..config import set_dotted
 from ..errors import ConfigError, FlemmeError
 from .budget import build_cheaply, get_dotted
+from .depends import CHECKPOINT, components, resolve
 from .measure import CELL_SPEC, RESULT
 from .study import Cell, Study
 
@@ -45,6 +47,14 @@ class PlannedCell:
     def result_path(self) -> Path:
         return self.dir / RESULT
 
+    @property
+    def needs(self) -> dict[str, str]:
+        """Row -> path (relative to the study folder) of the cells this cell's references name."""
+        return self.spec["cell"].get("needs", {})
+
+    def study_dir(self) -> Path:
+        return self.dir.parents[len(Path(self.cell.path).parts) - 1]
+
     def result(self) -> dict[str, Any] | None:
         if not self.result_path.exists():
             return None
@@ -52,8 +62,13 @@ class PlannedCell:
 
 
 def _identity(study: Study, cell: Cell) -> dict[str, Any]:
-    return {"row": cell.row.id, "dataset": cell.dataset.id, "seed": cell.seed, "path": cell.path,
-            "baseline": study.baseline_of(cell.row)}
+    out = {"row": cell.row.id, "dataset": cell.dataset.id, "seed": cell.seed, "path": cell.path,
+           "baseline": study.baseline_of(cell.row)}
+    if cell.row.variant:
+        out["variant"] = cell.row.variant
+    if cell.row.needs:
+        out["needs"] = study.needed(cell)
+    return out
 
 
 def plan(study: Study, study_dir: Path, *, check_models: bool = True) -> list[PlannedCell]:
@@ -66,16 +81,33 @@ def plan(study: Study, study_dir: Path, *, check_models: bool = True) -> list[Pl
     for cell in study.cells():
         run = study.run_config(cell)
         parameters = None
-        if check_models:
+        needed = {row: (study_dir / path).resolve() for row, path in study.needed(cell).items()}
+        # a row that needs other cells is built once their checkpoints exist (it may read them)
+        if check_models and all((d / CHECKPOINT).exists() for d in needed.values()):
             key = (cell.row.id, cell.dataset.id)
             if key not in models:
                 if cell.dataset.id not in infos:
                     infos[cell.dataset.id] = _data_info(run["data"], cell.dataset.id)
-                models[key] = _model(run["model"], infos[cell.dataset.id], cell)
-            run["model"], parameters = copy.deepcopy(models[key][0]), models[key][1]
+                models[key] = _model(resolve(run["model"], needed), infos[cell.dataset.id], cell)
+            parameters = models[key][1]
+            if cell.row.match:  # the matched widths (a row with references has no match)
+                run["model"] = copy.deepcopy(models[key][0])
         planned.append(PlannedCell(cell, {"cell": _identity(study, cell), "run": run},
                                    (study_dir / cell.path).resolve(), parameters))
     return planned
+
+
+def shard(planned: list[PlannedCell], index: int, count: int) -> list[PlannedCell]:
+    """The ``index``-th of ``count`` parts (1-based): a cell and the cells it needs together."""
+    paths = [p.cell.path for p in planned]
+    groups = components(paths, {p.cell.path: p.needs.values() for p in planned})
+    return [planned[i] for k, g in enumerate(groups) if k % count == index - 1 for i in g]
+
+
+def unfinished_need(p: PlannedCell) -> str | None:
+    """The first cell this cell needs that has no result yet (its path), or None."""
+    root = p.study_dir()
+    return next((path for path in p.needs.values() if not (root / path / RESULT).exists()), None)
 
 
 def _data_info(data: dict[str, Any], name: str) -> Any:
@@ -104,6 +136,10 @@ def _model(model: dict[str, Any], info: Any, cell: Cell) -> tuple[dict[str, Any]
             model = copy.deepcopy(model)
             set_dotted(model, key, get_dotted(full, key))
             return model, n
+        if cell.row.variant:
+            from ..training.inference import variant_of
+
+            return model, sum(p.numel() for p in variant_of(build_cheaply(full), cell.row.variant).parameters())
         return model, count_parameters(full)
     except FlemmeError as exc:
         raise ConfigError(str(exc) if where in str(exc) else f"{where}: {exc}") from None
@@ -153,7 +189,9 @@ def check_unchanged(planned: list[PlannedCell]) -> None:
             previous = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError:
             previous = {}
-        diff = _differences({"train": {}, **previous.get("run", {})}, {"train": {}, **p.spec["run"]})
+        # the run config as the study wrote it (references to other cells unresolved) and the variant
+        diff = _differences({"train": {}, **previous.get("run", {}), "variant": previous.get("cell", {}).get("variant")},
+                            {"train": {}, **p.spec["run"], "variant": p.spec["cell"].get("variant")})
         if diff:
             raise ConfigError(f"cell {p.cell.path} was run with a different config ({', '.join(diff[:3])} changed); "
                               f"delete {p.dir} to run it again, or write the study elsewhere with -o")

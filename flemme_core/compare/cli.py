@@ -72,7 +72,7 @@ def compare(study_file: str | None, encoders: str | None, arch: str | None, data
 def _run(study: Any, out: Path, index: int, count: int, table_only: bool, quiet: bool) -> int:
     from ..errors import ConfigError
     from ..training.runfolder import RunFolderBusy
-    from .cells import CellFailed, check_unchanged, plan, run_cell
+    from .cells import CellFailed, check_unchanged, plan, run_cell, shard, unfinished_need
     from .progress import StudyProgress
     from .report import summarize, write_report
 
@@ -81,8 +81,8 @@ def _run(study: Any, out: Path, index: int, count: int, table_only: bool, quiet:
     # --table-only builds no model unless widths are matched (the cells' configs hold the matched widths)
     planned = plan(study, out, check_models=not table_only or any(r.match for r in study.rows))
     check_unchanged(planned)  # every check has passed once this returns: only now is anything written
-    mine = [p for k, p in enumerate(planned) if k % count == index - 1]
-    failures = 0
+    mine = shard(planned, index, count)  # a cell and the cells it needs are in the same shard
+    failures, failed = 0, set()
     if not table_only:
         _write_study(out, study)
         todo = [p for p in mine if p.result() is None]
@@ -93,6 +93,16 @@ def _run(study: Any, out: Path, index: int, count: int, table_only: bool, quiet:
         for k, p in enumerate(mine, 1):
             if p.result() is not None:
                 continue
+            need = unfinished_need(p)  # run earlier in this loop, unless it failed or another process holds it
+            if need in failed:
+                failures += 1
+                failed.add(p.cell.path)
+                progress.fail(k, p.cell.label, f"needs {need}, which failed")
+                continue
+            if need is not None:
+                progress.skip(k, p.cell.label, f"needs {need}, which has no result yet (another process is running "
+                                               "it); run the study again once it has finished")
+                continue
             progress.start(k, p.cell.label)
             try:
                 result = run_cell(p, study.threads, progress.update)
@@ -101,6 +111,7 @@ def _run(study: Any, out: Path, index: int, count: int, table_only: bool, quiet:
                 continue
             except CellFailed as exc:
                 failures += 1
+                failed.add(p.cell.path)
                 progress.fail(k, p.cell.label, str(exc))
                 continue
             progress.done(k, p.cell.label, _cell_summary(result))

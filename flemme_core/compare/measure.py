@@ -41,9 +41,20 @@ def train_cell(cell_dir: Path, spec: dict[str, Any]) -> dict[str, Any]:
     done = _finished(cell_dir)
     if done is not None:
         return done
-    run = run_config_from_dict(spec["run"], name=cell_dir.name)
+    run = run_config_from_dict(_resolved(cell_dir, spec), name=cell_dir.name)
     run.train.output = str(cell_dir)
     return train(run, resume=bool(run_file_names(cell_dir)), quiet=True)
+
+
+def _resolved(cell_dir: Path, spec: dict[str, Any]) -> dict[str, Any]:
+    """The cell's config with its references to other cells (:mod:`.depends`) made paths."""
+    from .depends import resolve
+
+    needs = spec["cell"].get("needs") or {}
+    if not needs:
+        return spec["run"]
+    study_dir = cell_dir.parents[len(Path(spec["cell"]["path"]).parts) - 1]
+    return resolve(spec["run"], {row: study_dir / path for row, path in needs.items()})
 
 
 def macs_per_sample(model: Any, example: Any) -> int:
@@ -88,11 +99,15 @@ def measure(cell_dir: Path, spec: dict[str, Any], summary: dict[str, Any]) -> di
     from ..training.sampling import collate
 
     checkpoint = cell_dir / "last.safetensors"  # the final model: best.safetensors is chosen on held-out data
-    ev = evaluate_checkpoint(checkpoint, per_item=True, variants=False, device=spec["run"]["train"].get("device", "auto"))
+    variant = spec["cell"].get("variant")  # e.g. a distillation run's teacher
+    ev = evaluate_checkpoint(checkpoint, per_item=True, variants=False, variant=variant,
+                             device=spec["run"]["train"].get("device", "auto"))
     from ..checkpoint import load_model
+    from ..training.inference import variant_of
 
     model = load_model(checkpoint, map_location="cpu").eval()
     extra = model.checkpoint_metadata.get("extra", {})
+    model = variant_of(model, variant)
     cfg = model.config
     _, held_out, info = build_datasets({**extra["data"], "cache": False}, seed=int(extra.get("seed", 0)))
     x, _ = model.inputs_and_target(collate([held_out[0]]))

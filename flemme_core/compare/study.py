@@ -15,6 +15,10 @@ go through the same parser, so ``--encoders cnn,swin --arch unet`` is the file::
     budget: {steps: 600}           # or {seconds: 180}
     baseline: cnn+unet             # the row every other row is compared with (default: the first)
 
+A row may train from another row's cell of the same seed and dataset: ``${cells.ROW.checkpoint}``
+in its options (:mod:`.depends`); ``variant: NAME`` evaluates one of the trained model's
+``evaluation_variants()`` (e.g. a distillation run's ``teacher``) instead of the model itself.
+
 Names are checked against the registry here (one line with close matches), before
 anything is written. This module is torch-free.
 """
@@ -30,10 +34,12 @@ from typing import Any
 from ..config import _check_keys, load_yaml
 from ..errors import ConfigError, FlemmeError, unknown_name_message
 from .budget import Budget, parse_budget
+from .depends import run_order, set_needs
 
 STUDY_KEYS = ["name", "encoders", "architectures", "rows", "datasets", "seeds", "budget", "baseline", "metric",
               "bootstrap", "threads", "model", "data", "train", "match"]
-ROW_KEYS = ["name", "encoder", "arch", "arch_options", "model", "data", "train", "match", "baseline", "datasets"]
+ROW_KEYS = ["name", "encoder", "arch", "arch_options", "model", "data", "train", "match", "baseline", "datasets",
+            "variant"]
 DATASET_SECTION_KEYS = ("name", "model", "train", "budget")
 MATCH_KEYS = ["params", "key", "multiple"]
 #: what a cell's training always sets (validation only at the end: the study evaluates once)
@@ -55,6 +61,8 @@ class Row:
     match: dict[str, Any] | None = None
     baseline: str | None = None
     datasets: list[str] | None = None
+    variant: str | None = None  # evaluate this one of the model's evaluation_variants()
+    needs: list[str] = dataclasses.field(default_factory=list)  # rows whose cells its options refer to
 
     @property
     def slug(self) -> str:
@@ -102,9 +110,17 @@ class Study:
     train: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def cells(self) -> list[Cell]:
-        """Seeds outermost, so a partial study covers every row and dataset."""
-        return [Cell(row, ds, seed) for seed in self.seeds for ds in self.datasets for row in self.rows
+        """Seeds outermost, so a partial study covers every row and dataset; within a seed and
+        dataset a row comes after the rows whose cells it needs."""
+        by_id = {r.id: r for r in self.rows}
+        rows = [by_id[i] for i in run_order({r.id: r.needs for r in self.rows})]
+        return [Cell(row, ds, seed) for seed in self.seeds for ds in self.datasets for row in rows
                 if row.datasets is None or ds.id in row.datasets]
+
+    def needed(self, cell: Cell) -> dict[str, str]:
+        """The cells (paths relative to the study folder) that a cell's references name, by row."""
+        by_id = {r.id: r for r in self.rows}
+        return {name: Cell(by_id[name], cell.dataset, cell.seed).path for name in cell.row.needs}
 
     def budget_text(self) -> str:
         """The budget per cell in words (per dataset when datasets have their own)."""
@@ -149,7 +165,7 @@ class Study:
         rows = []
         for r in self.rows:
             row = {"name": r.id, "arch": r.arch}
-            for key in ("encoder", "arch_options", "model", "data", "train", "match", "baseline", "datasets"):
+            for key in ("encoder", "arch_options", "model", "data", "train", "match", "baseline", "datasets", "variant"):
                 value = getattr(r, key)
                 if value:
                     row[key] = copy.deepcopy(value)
@@ -308,6 +324,7 @@ def study_from_dict(raw: dict[str, Any]) -> Study:
         for name in row.datasets or []:
             if name not in dids:
                 raise ConfigError(unknown_name_message(f"dataset in row {row.id}'s datasets:", name, dids))
+    set_needs(rows, raw, dids)
     baseline = raw.get("baseline") or rows[0].id
     for b in [baseline] + [r.baseline for r in rows if r.baseline]:
         if b not in ids:
@@ -409,7 +426,14 @@ def _row(raw: Any, index: int) -> Row:
     return Row(id=str(label), arch=arch, encoder=encoder, arch_options=dict(raw.get("arch_options") or {}),
                model=dict(raw.get("model") or {}), data=dict(raw.get("data") or {}),
                train=dict(raw.get("train") or {}), match=raw.get("match"), baseline=raw.get("baseline"),
-               datasets=datasets)
+               datasets=datasets, variant=_variant(raw.get("variant"), index))
+
+
+def _variant(value: Any, index: int) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ConfigError(f"rows[{index}].variant must be the name of one of the model's evaluation variants "
+                          f"(e.g. teacher), got {value!r}")
+    return value
 
 
 def _check_match(row: Row) -> None:

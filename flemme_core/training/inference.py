@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ConfigError, ShapeError
+from ..errors import ConfigError, ShapeError, unknown_name_message
 from ..tasks import get_task, task_of
 from .evaluation import EvalSettings, evaluate, infer
 from .profiling import count_parameters, cpu_latency_ms
@@ -39,6 +39,18 @@ def _load(checkpoint: str | Path, device: str) -> tuple[Any, dict[str, Any], tor
     return model, extra, dev
 
 
+def variant_of(model: Any, name: str | None) -> Any:
+    """The sub-model ``name`` of ``model.evaluation_variants()`` (e.g. a distillation run's
+    ``teacher``), or the model itself for None; an unknown name is one line."""
+    if name is None:
+        return model
+    variants = model.evaluation_variants() if hasattr(model, "evaluation_variants") else {}
+    if name not in variants:
+        raise ConfigError(unknown_name_message(f"evaluation variant of architecture {model.config.arch!r}:", name,
+                                               variants, "the architecture's evaluation_variants() names them"))
+    return variants[name]
+
+
 def _settings(model: Any, extra: dict[str, Any], device: torch.device, num_classes: int | None = None,
               class_names: Sequence[str] = (), spacing: Sequence[float] | None = None) -> EvalSettings:
     cfg = model.config
@@ -55,8 +67,9 @@ def _settings(model: Any, extra: dict[str, Any], device: torch.device, num_class
 
 def evaluate_checkpoint(checkpoint: str | Path, data: dict[str, Any] | None = None, sets: Sequence[str] = (),
                         device: str = "auto", per_item: bool = False, variants: bool = True,
-                        threads: int | None = 1, repeats: int = 10) -> dict[str, Any]:
-    """Metrics of a checkpoint on its run's held-out split, or on ``data`` (a data source).
+                        threads: int | None = 1, repeats: int = 10, variant: str | None = None) -> dict[str, Any]:
+    """Metrics of a checkpoint on its run's held-out split, or on ``data`` (a data source);
+    with ``variant``, of that one of its :meth:`evaluation_variants` instead (:func:`variant_of`).
 
     With ``variants`` the architecture's :meth:`evaluation_variants` (teacher, student) are
     evaluated too, each with its parameters and CPU milliseconds per batch-1 forward at the
@@ -66,6 +79,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: dict[str, Any] | None = No
     from ..overrides import parse_set
 
     model, extra, dev = _load(checkpoint, device)
+    model = variant_of(model, variant)
     data_cfg = dict(extra.get("data") or {})
     if data:
         for key in ("preset", "datalist", "images", "labels", "options", "base_dir"):

@@ -129,6 +129,13 @@ def test_predict_is_the_student_and_teacher_checkpoint_skips_stage_one(tmp_path)
     assert second.training_stages() == ["student"]
     second.eval()
     assert torch.equal(second.teacher.predict(x), model.teacher.predict(x))
+    # a distill run's checkpoint (a study's teacher-stage cell) gives its teacher, not the whole run
+    run_path = save_model(model, tmp_path / "teacher-stage.safetensors")
+    third = build_model({"arch": "distill", "image_size": [32, 32], "encoder": CNN,
+                         "arch_options": {"teacher_checkpoint": str(run_path)}})
+    third.eval()
+    assert type(third.teacher).__name__ == "UNet"
+    assert torch.equal(third.teacher.predict(x), model.teacher.predict(x))
 
 
 def test_validation_measures_the_teacher_while_it_trains():

@@ -2,7 +2,8 @@
 
 * ``model.encoder`` is the **student** encoder (any registered family): what is deployed.
 * ``arch_options.teacher`` is the teacher's encoder config (typically ``mmfd``), or
-  ``teacher_checkpoint`` a trained teacher saved by flemme (then stage 1 is skipped).
+  ``teacher_checkpoint`` a trained teacher saved by flemme, or a distill run's checkpoint
+  whose teacher is taken (then stage 1 is skipped).
   ``teacher_init: <branch id>`` starts the teacher's decoder and head from that branch's
   checkpoint (with the fusion's ``residual`` on it, the teacher starts as that model).
 * Teacher and student are both the ``inner`` architecture (``unet`` by default; ``ae``,
@@ -149,7 +150,9 @@ class Distill(Architecture):
         if opts.teacher_checkpoint:
             from flemme_core.checkpoint import load_model
 
-            self.teacher = load_model(opts.teacher_checkpoint)
+            loaded = load_model(opts.teacher_checkpoint)
+            # a distill run's checkpoint (e.g. one that trained only its teacher stage) gives its teacher
+            self.teacher = loaded.teacher if isinstance(loaded, Distill) else loaded
             tc = self.teacher.config
             if (tc.dims, tc.in_channels, tc.out_channels) != (config.dims, config.in_channels, config.out_channels):
                 raise ConfigError(f"teacher_checkpoint is a {tc.dims}D {tc.in_channels}->{tc.out_channels} model; "
