@@ -17,7 +17,7 @@ def cnn(dims=2, size=32, **encoder):
 
 
 @pytest.mark.parametrize("block", ["conv", "double_conv", "res_conv"])
-@pytest.mark.parametrize("down,up", [("conv", "transpose"), ("pool", "interp")])
+@pytest.mark.parametrize("down,up", [("conv", "transpose"), ("pool", "interp"), ("conv", "deconv")])
 @pytest.mark.parametrize("dims", [2, 3])
 def test_every_option_combination_runs(block, down, up, dims):
     size = 32 if dims == 2 else 16
@@ -40,6 +40,47 @@ def test_patch_size_makes_a_strided_stem():
     feats = model.encoder(torch.randn(1, 1, 32, 32))
     assert [f.shape[-1] for f in feats] == [16, 8, 4]
     assert model(torch.randn(1, 1, 32, 32)).shape == (1, 3, 32, 32)
+
+
+@pytest.mark.parametrize("patch_size,kernel", [(2, 3), (4, 5), (3, 5)])
+def test_conv_stem_overlaps_its_neighbours(patch_size, kernel):
+    """``stem: conv`` (as MONAI's strided first unit) has a kernel wider than its stride, so
+    neighbouring patches share pixels; ``stem: patch`` cuts the image into disjoint patches."""
+    size = 12 * patch_size
+    for stem, width in (("conv", kernel), ("patch", patch_size)):
+        model = cnn(size=size, patch_size=patch_size, stem=stem, norm="none")
+        assert model.encoder.stem[0].conv.kernel_size == (width, width)
+        x = torch.randn(1, 1, size, size, requires_grad=True)
+        assert model.encoder(x)[0].shape[-2:] == (12, 12)
+        model.encoder.stem[0](x)[0, :, 5, 5].sum().backward()  # the pixels one stem output reads
+        rows = x.grad[0, 0].abs().sum(1).nonzero().flatten()
+        assert len(rows) == width
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+def test_deconv_up_matches_conv_transpose_reference(factor):
+    """``up: deconv`` is conv_transpose(kernel factor + 1, padding 1, output_padding 1) -> norm -> act:
+    exactly ``factor`` times the input size, and checked against torch.nn.functional."""
+    model = cnn(patch_size=factor, up="deconv", norm="none").eval()
+    up = model.decoder.final_up
+    conv = up[0].conv
+    x = torch.randn(2, 8, 5, 7)
+    ref = F.relu(F.conv_transpose2d(x, conv.weight, conv.bias, stride=factor, padding=1, output_padding=1))
+    out = up(x)
+    assert out.shape == (2, 8, 5 * factor, 7 * factor)
+    assert torch.allclose(out, ref, atol=1e-6)
+    assert model(torch.randn(1, 1, 8 * factor, 8 * factor)).shape == (1, 3, 8 * factor, 8 * factor)
+
+
+def test_deconv_outputs_share_inputs_across_block_borders():
+    """A kernel equal to the stride gives every output block its own input voxel (blocky
+    boundaries); the overlapping deconv lets one output read two input voxels per axis."""
+    for up, inputs_per_axis in (("transpose", 1), ("deconv", 2)):
+        layer = cnn(up=up).decoder.ups[0]
+        conv = layer if up == "transpose" else layer[0]  # the transposed convolution itself
+        x = torch.zeros(1, 32, 6, 6, requires_grad=True)
+        conv(x)[0, :, 5, 5].sum().backward()
+        assert len(x.grad[0].abs().sum((0, 2)).nonzero()) == inputs_per_axis
 
 
 def test_res_conv_is_a_residual_block():
@@ -80,7 +121,8 @@ def test_basic_unet_topology_matches_monai_within_a_few_percent():
 @pytest.mark.parametrize("key,value,message", [
     ("block", "triple_conv", "did you mean"),
     ("down", "stride", "model.encoder.down"),
-    ("up", "deconv", "model.encoder.up"),
+    ("up", "pixel_shuffle", "model.encoder.up"),
+    ("stem", "conv7", "model.encoder.stem"),
     ("kernel_size", 4, "must be odd"),
 ])
 def test_bad_options(key, value, message):

@@ -21,6 +21,14 @@ def conv_unit(dims: int, in_channels: int, out_channels: int, kernel_size: int, 
                          nn.Dropout(dropout) if dropout else nn.Identity(), layers.act(act))
 
 
+def deconv_unit(dims: int, in_channels: int, out_channels: int, factor: int, norm: str, act: str) -> nn.Module:
+    """Transposed conv with kernel ``factor + 1`` -> norm -> act: neighbouring output voxels share inputs
+    (a kernel equal to the stride gives each output block its own input voxel: blocky boundaries)."""
+    unit = Convolution(dims, in_channels, out_channels, strides=factor, kernel_size=factor + 1, padding=1,
+                       output_padding=1, is_transposed=True, act=None, norm=None, bias=norm == "none")
+    return nn.Sequential(unit, layers.norm(norm, dims, out_channels), layers.act(act))
+
+
 class ConvBlock(nn.Module):
     """``num_convs`` conv units; the context modulates the first one's output; optional residual."""
 

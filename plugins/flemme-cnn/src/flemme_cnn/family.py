@@ -12,7 +12,7 @@ from flemme_core import layers
 from flemme_core.config import choice
 from flemme_core.encoder import BlockFamily, ContextSequential, staged_encoder
 
-from .blocks import ConvBlock, conv_unit
+from .blocks import ConvBlock, conv_unit, deconv_unit
 
 BLOCKS = {"conv": (1, False), "double_conv": (2, False), "res_conv": (2, True)}
 
@@ -20,14 +20,16 @@ BLOCKS = {"conv": (1, False), "double_conv": (2, False), "res_conv": (2, True)}
 @dataclasses.dataclass
 class CNNOptions:
     block: str = "res_conv"      # conv | double_conv | res_conv
+    stem: str = "patch"          # patch (kernel = stride) | conv (overlapping kernel, as MONAI's strided first unit)
     down: str = "conv"           # conv (strided conv unit) | pool (max-pool + 1×1 projection)
-    up: str = "transpose"        # transpose | interp (interpolation + 1×1 conv)
+    up: str = "transpose"        # transpose (kernel = factor) | deconv (overlapping transposed conv unit) | interp
     kernel_size: int = 3
 
     def validate(self) -> None:
         choice(self.block, list(BLOCKS), "model.encoder.block")
+        choice(self.stem, ["patch", "conv"], "model.encoder.stem")
         choice(self.down, ["conv", "pool"], "model.encoder.down")
-        choice(self.up, ["transpose", "interp"], "model.encoder.up")
+        choice(self.up, ["transpose", "deconv", "interp"], "model.encoder.up")
         if self.kernel_size % 2 == 0 or self.kernel_size < 1:
             from flemme_core.errors import ConfigError
 
@@ -66,7 +68,8 @@ class CNNFamily(BlockFamily):
     def stem(self, in_channels: int, out_channels: int, patch_size: int) -> nn.Module | None:
         if patch_size == 1:
             return None  # the first stage's blocks see the image directly, as in a plain U-Net
-        return self._unit(in_channels, out_channels, stride=patch_size, kernel=patch_size)
+        kernel = patch_size if self.options.stem == "patch" else patch_size + 1 + patch_size % 2
+        return self._unit(in_channels, out_channels, stride=patch_size, kernel=kernel)
 
     def stage(self, in_channels: int, out_channels: int, num_blocks: int,
               drop_path: Sequence[float] = ()) -> nn.Module:
@@ -90,6 +93,8 @@ class CNNFamily(BlockFamily):
             mode = "bilinear" if self.dims == 2 else "trilinear"
             return nn.Sequential(nn.Upsample(scale_factor=factor, mode=mode, align_corners=False),
                                  layers.conv(self.dims, in_channels, out_channels, kernel_size=1))
+        if self.options.up == "deconv":
+            return deconv_unit(self.dims, in_channels, out_channels, factor, self.cfg.norm, self.cfg.act)
         return layers.conv_transpose(self.dims, in_channels, out_channels, factor)
 
 
