@@ -263,3 +263,16 @@ def test_bad_cell_references_are_one_line_and_write_nothing(tmp_path, rows, frag
     assert result.output.startswith("Error: ") and result.output.strip().count("\n") == 0, result.output
     assert fragment in result.output
     assert not out.exists()
+
+
+def test_a_variant_the_model_does_not_have_is_one_line(tmp_path):
+    """variant: NAME evaluates one of the model's evaluation_variants(); unet has none: refused
+    when the study is planned, before anything is written."""
+    spec = tmp_path / "variant.yaml"
+    rows = [{"name": "a", "encoder": "tiny", "arch": "unet", "variant": "teacher"}]
+    spec.write_text(yaml.safe_dump({**STUDY, "encoders": None, "architectures": None, "rows": rows}))
+    out = tmp_path / "study"
+    result = CliRunner().invoke(main, ["compare", str(spec), "-o", str(out)])
+    assert result.exit_code == 2 and result.output.strip().count("\n") == 0, result.output
+    assert "row a on syn: unknown evaluation variant of architecture 'unet': 'teacher'" in result.output
+    assert not out.exists()
