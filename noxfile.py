@@ -170,7 +170,8 @@ def _isolated_run(session: nox.Session, venv: Path, base: Path, site: str, name:
                 + (f" (tolerated, see NO_DEPS: {'; '.join(tolerated)})" if tolerated else ""))
     if broken:
         raise nox.command.CommandFailed(f"pip check: {len(broken)} broken requirement(s)")
-    session.run(str(venv / "bin/pytest"), *pytest_args, "-p", "no:cacheprovider", "-q", external=True)
+    # -rs: what was skipped here and why (a skip in isolation can hide an undeclared dependency)
+    session.run(str(venv / "bin/pytest"), *pytest_args, "-p", "no:cacheprovider", "-rs", external=True)
 
 
 @nox.session
