@@ -58,7 +58,7 @@ def chunked_scan(dt: torch.Tensor, dtu: torch.Tensor, A: torch.Tensor, B: torch.
                  C: torch.Tensor) -> torch.Tensor:
     """``y_t = C_t · h_t`` of ``h_t = exp(dt_t A) h_{t-1} + dtu_t B_t`` in step-major layout.
 
-    ``dt, dtu (q, b, g, 1, per, CHUNKS)``, ``A (g, N, per, 1)``, ``B, C (q, b, g, N, 1, CHUNKS)``
+    ``dt, dtu (q, b, g, 1, per, CHUNKS)``, ``A (g, N, per, CHUNKS)``, ``B, C (q, b, g, N, 1, CHUNKS)``
     (padded steps: ``dt = dtu = 0``, so the state passes unchanged). Returns ``(q, b, g, per, CHUNKS)``.
     """
     scan = _hop_scan()
@@ -102,7 +102,7 @@ def selective_scan_export(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
     dt = step_major(delta.reshape(batch, groups, 1, per, length), q)           # (q, b, g, 1, per, CHUNKS)
     dtu = step_major((delta * u).reshape(batch, groups, 1, per, length), q)
     Bs, Cs = step_major(B.unsqueeze(-2), q), step_major(C.unsqueeze(-2), q)    # (q, b, g, N, 1, CHUNKS)
-    A = A.reshape(groups, per, n).transpose(1, 2).unsqueeze(-1).contiguous()  # (g, N, per, 1)
+    A = A.reshape(groups, per, n).transpose(1, 2).unsqueeze(-1).expand(-1, -1, -1, CHUNKS).contiguous()
     y = chunked_scan(dt, dtu, A, Bs, Cs)                                       # (q, b, g, per, CHUNKS)
     y = y.movedim(0, -1).reshape(batch, channels, CHUNKS * q)[..., :length]
     return scan_output(y, u, D, z).to(dtype)
