@@ -248,6 +248,16 @@ class StagedEncoder(Encoder):
         self.feature_channels = channels
         self.feature_strides = [cfg.patch_size * 2 ** i for i in range(len(channels))]
 
+    def standalone_config(self) -> dict[str, Any]:
+        """Every default resolved (common keys and the family's options), so that a checkpoint
+        rebuilds the same network after a release changes a family's defaults."""
+        spec: dict[str, Any] = {key: getattr(self.config, key) for key in EncoderConfig.USER_KEYS}
+        options = self.blocks.options
+        resolved = ({f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
+                    if dataclasses.is_dataclass(options) else {})
+        mixer = {"mixer": self.blocks.mixer} if self.blocks.mixers else {}
+        return {**spec, "options": {**self.config.options, **resolved, **mixer}}
+
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> list[torch.Tensor]:
         if self.stem is not None:
             x = self.stem(x)

@@ -34,10 +34,33 @@ def test_round_trip_is_bit_exact(saved):
     assert torch.equal(model.eval()(x), again.eval()(x))
 
 
+def test_checkpoint_survives_a_change_of_the_family_defaults(saved, monkeypatch):
+    """The stored config has every default resolved: a release that changes a family's default
+    widths or options still rebuilds the saved network."""
+    import tiny_family
+
+    model, path = saved
+    monkeypatch.setattr(tiny_family.TinyFamily, "defaults", {**tiny_family.TinyFamily.defaults, "norm": "group", "patch_size": 2})
+    monkeypatch.setattr(tiny_family.TinyOptions, "__init__", _with_default(tiny_family.TinyOptions, kernel_size=5))
+    assert build_model(model.config).encoder.feature_strides[0] == 2  # the new defaults do take effect
+    again = load_model(path)
+    x = torch.randn(2, 1, 32, 32)
+    assert torch.equal(model.eval()(x), again.eval()(x))
+
+
+def _with_default(cls, **defaults):
+    init = cls.__init__
+
+    def patched(self, **kwargs):
+        init(self, **{**defaults, **kwargs})
+    return patched
+
+
 def test_metadata_holds_config_versions_and_parameters(saved):
     model, path = saved
     meta = read_metadata(path)
-    assert meta["config"] == model.config.to_dict()
+    assert meta["config"] == model.standalone_config().to_dict()
+    assert meta["config"]["encoder"]["norm"] == "batch"  # the family's default, resolved
     assert meta["versions"]["flemme-core"] == "0.1.0"
     assert meta["components"]["encoder:tiny"] == "tiny-family"  # registered by the test suite
     assert meta["parameters"] == sum(p.numel() for p in model.parameters())
