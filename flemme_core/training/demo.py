@@ -30,7 +30,7 @@ DEMO: dict[str, Any] = {
 }
 
 SYNTHETIC: dict[str, Any] = {
-    "model": {"arch": "unet", "encoder": {"name": "cnn", "channels": [16, 32, 64], "norm": "instance", "patch_size": 1,
+    "model": {"arch": "unet", "encoder": {"name": "cnn", "up": "transpose", "channels": [16, 32, 64], "norm": "instance", "patch_size": 1,
                                           "block": "double_conv"}},
     "data": {"preset": "synthetic-2d", "options": {"num_train": 32, "num_held_out": 8, "size": [64, 64], "seed": 0},
              "patch_size": [64, 64], "batch_size": 8, "transforms": {"flip": 0.5}},

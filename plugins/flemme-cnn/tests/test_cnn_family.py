@@ -111,7 +111,8 @@ def test_conv_block_matches_functional_reference():
 def test_basic_unet_topology_matches_monai_within_a_few_percent():
     """Configured like MONAI's BasicUNet the parameter count is close (1×1 projections differ)."""
     ours = build_model({"arch": "unet", "encoder": {"name": "cnn", "channels": [32, 32, 64, 128, 256],
-                                                     "down": "pool", "norm": "instance"}, "image_size": 64})
+                                                     "down": "pool", "up": "transpose", "norm": "instance"},
+                         "image_size": 64})  # BasicUNet up-samples with kernel = stride
     monai = BasicUNet(spatial_dims=2, in_channels=1, out_channels=2, features=(32, 32, 64, 128, 256, 32))
     n_ours = sum(p.numel() for p in ours.parameters())
     n_monai = sum(p.numel() for p in monai.parameters())

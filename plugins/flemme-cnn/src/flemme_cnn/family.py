@@ -22,7 +22,7 @@ class CNNOptions:
     block: str = "res_conv"      # conv | double_conv | res_conv
     stem: str = "patch"          # patch (kernel = stride) | conv (overlapping kernel, as MONAI's strided first unit)
     down: str = "conv"           # conv (strided conv unit) | pool (max-pool + 1×1 projection)
-    up: str = "transpose"        # transpose (kernel = factor) | deconv (overlapping transposed conv unit) | interp
+    up: str = "deconv"           # deconv (overlapping transposed conv -> norm -> act) | transpose (kernel = factor) | interp
     kernel_size: int = 3
 
     def validate(self) -> None:
@@ -42,7 +42,11 @@ class CNNFamily(BlockFamily):
     The defaults are chosen for cost as much as accuracy (issue 15, ``benchmarks/bench_defaults.py``):
     widths 16-32-64-128 and a stride-2 stem (``patch_size: 2``; level 0 at half resolution, the
     decoder's last up-sampling restores it), as MONAI's ``UNet``, whose first convolution is
-    strided too; residual blocks and instance norm, as MONAI's UNet and nnU-Net. The earlier
+    strided too; residual blocks and instance norm, as MONAI's UNet and nnU-Net; ``up: deconv``,
+    a transposed convolution whose kernel (factor + 1) overlaps its neighbours, followed by norm
+    and activation, as MONAI's UNet: with ``up: transpose`` (kernel = stride) every 2×2×2 output
+    block is a linear function of one coarse voxel, and at 300 equal steps on the MNI152 demo
+    split the mean Dice was 0.761 against 0.846 with ``deconv`` (MONAI UNet: 0.802). The earlier
     defaults (32-64-128-256 at full resolution, double conv, batch norm) cost 36× the MACs of
     MONAI's UNet per 48³ patch (26.3 vs 0.72 GMACs) and trained slower per step on the MNI152 demo;
     ``patch_size: 1`` and ``channels`` bring back a full-resolution first level.
