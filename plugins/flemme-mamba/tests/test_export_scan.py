@@ -69,15 +69,15 @@ class _Scan(torch.nn.Module):
 
 
 def test_onnx_runtime_runs_the_exported_scan_at_any_length(tmp_path):
-    """One export, run by ONNX Runtime at three lengths (one not a multiple of the traced one's
-    factor, one longer), each against the float64 reference; no per-step node in the graph."""
+    """One export with dynamic batch and length, run by ONNX Runtime at three sizes, each against
+    the float64 reference; no per-step node in the graph."""
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     names = ["u", "delta", "B", "C", "z"]
-    first = scan_inputs(1, 2, 4, 256, 8)
+    first = scan_inputs(2, 2, 4, 256, 8)
     module = _Scan(first).eval()
-    length = torch.export.Dim("length", min=2, max=1 << 20)
-    dynamic = {"u": {2: length}, "delta": {2: length}, "B": {3: length}, "C": {3: length}, "z": {2: length}}
+    batch, length = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("length", min=2, max=1 << 20)
+    dynamic = {k: {0: batch, (3 if k in "BC" else 2): length} for k in names}  # dynamic as in a model export
     program = torch.export.export(module, tuple(first[k] for k in names), dynamic_shapes=dynamic, strict=False)
     onnx_program = torch.onnx.export(program, tuple(first[k] for k in names), dynamo=True, input_names=names,
                                      output_names=["y"], verbose=False, optimize=True)
@@ -86,8 +86,8 @@ def test_onnx_runtime_runs_the_exported_scan_at_any_length(tmp_path):
     path = tmp_path / "scan.onnx"
     onnx_program.save(str(path))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    for n in (256, 97, 1000):
-        inputs = scan_inputs(1, 2, 4, n, 8)
+    for b, n in ((2, 256), (1, 97), (3, 1000)):
+        inputs = scan_inputs(b, 2, 4, n, 8)
         inputs.update({k: first[k] for k in ("A", "D", "delta_bias")})
         (out,) = session.run(None, {k: inputs[k].numpy() for k in names})
         assert rel_err(torch.from_numpy(out), reference(inputs)) <= TOL, n
