@@ -45,7 +45,8 @@ def test_vae_samples_are_seeded_per_sample():
     model = build("vae")
     a, b = model.sample(3, seed=5), model.sample(2, seed=5)
     assert a.shape == (3, 1, 32, 32)
-    assert torch.equal(a[:2], b), "sample i depends on seed + i only"
+    # equal up to float rounding: a different batch size may pick another conv kernel
+    assert torch.allclose(a[:2], b, atol=1e-5, rtol=1e-5), "sample i depends on seed + i only"
     assert not torch.allclose(a[0], a[1])
 
 
