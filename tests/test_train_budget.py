@@ -18,7 +18,8 @@ from flemme_core.training.config import run_config_from_dict
 def test_max_seconds_stops_the_run_and_the_schedule_follows_the_time(tmp_path):
     budget = 3.0
     cfg = config(TINY_2D, train={"steps": 1_000_000, "max_seconds": budget, "val_every": 0, "log_every": 1,
-                                 "warmup": 0, "lr": 0.01, "save_every": 5})
+                                 "warmup": 0, "schedule": "cosine", "lr": 0.01,
+                                 "save_every": 5})
     run = run_config_from_dict(cfg)
     run.train.output = str(tmp_path / "run")
     summary = train(run, quiet=True)
@@ -33,6 +34,9 @@ def test_max_seconds_stops_the_run_and_the_schedule_follows_the_time(tmp_path):
     # cosine over the time: decreasing, and near its end at the last step (a million steps would not be)
     assert all(b <= a for a, b in itertools.pairwise(lrs))
     assert lrs[-1] < 0.5 * 0.01 and lrs[0] > 0.9 * 0.01
+    # the held-out curve and `best` show where training stopped, not the planned million steps
+    assert [r["step"] for r in rows if r.get("split") == "val"] == [steps]
+    assert summary["best"]["step"] == steps
     state = json.loads((tmp_path / "run" / "state.json").read_text())
     assert state["finished"] and state["steps_trained"] == steps and state["stopped_by"] == "seconds"
 

@@ -93,7 +93,7 @@ def _run(tmp_path, data, *args):
 def test_stages_rebuild_the_optimiser_over_trainable_parameters(tmp_path):
     TwoStage.calls = []
     data = config(SMALL, model={"arch": "test_two_stage"},
-                  train={"stages": {"warm": {"steps": 3, "lr": 0.01}, "head": {"steps": 2, "lr": 0.05}},
+                  train={"schedule": "cosine", "stages": {"warm": {"steps": 3, "lr": 0.01}, "head": {"steps": 2, "lr": 0.05}},
                          "save_every": 3})
     result = _run(tmp_path, data)
     assert result.exit_code == 0, result.output

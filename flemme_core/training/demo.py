@@ -25,8 +25,8 @@ DEMO: dict[str, Any] = {
         "batch_size": 2,
         "transforms": {"crop": "label", "flip": {"prob": 0.5, "axes": [1, 2]}},
     },
-    "train": {"steps": 1600, "max_seconds": 150, "lr": 0.001, "warmup": 0, "schedule": "constant",
-              "val_every": 400, "sw_batch_size": 4, "overlap": 0.25, "seed": 0},
+    "train": {"steps": 1600, "max_seconds": 160, "lr": 0.001, "warmup": 0, "schedule": "constant",
+              "val_every": 500, "sw_batch_size": 4, "overlap": 0.25, "seed": 0},
 }
 
 SYNTHETIC: dict[str, Any] = {
@@ -34,7 +34,7 @@ SYNTHETIC: dict[str, Any] = {
                                           "block": "double_conv"}},
     "data": {"preset": "synthetic-2d", "options": {"num_train": 32, "num_held_out": 8, "size": [64, 64], "seed": 0},
              "patch_size": [64, 64], "batch_size": 8, "transforms": {"flip": 0.5}},
-    "train": {"steps": 200, "lr": 0.003, "val_every": 50},
+    "train": {"schedule": "cosine", "warmup": 0.05, "steps": 200, "lr": 0.003, "val_every": 50},
 }
 
 

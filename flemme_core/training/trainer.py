@@ -107,6 +107,7 @@ class Trainer:
         self.train_seconds = 0.0  # sum of the step times (what train.max_seconds budgets), kept over resumes
         self.steps_trained = 0  # optimiser updates made (fewer than the steps when max_seconds cut a stage)
         self.stopped_by = "steps"
+        self.cut_at: int | None = None  # the last step trained when max_seconds ended a stage (self.step jumps to its end)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
 
     def _claim_run_dir(self, resume: bool, overwrite: bool) -> None:
@@ -250,13 +251,19 @@ class Trainer:
         if final_stage and score is not None and math.isfinite(score):
             best = self.best["score"]
             if best is None or (score > best if self.higher else score < best):
-                self.best = {"score": score, "step": self.step, "metric": self.monitor}
+                self.best = {"score": score, "step": self._trained_step(), "metric": self.monitor}
                 if self.ctx.is_main:
                     from ..checkpoint import save_model
 
                     save_model(self.model, self.run_dir / "best.safetensors", extra=self._extra())
-        self.log.write({"step": self.step, "split": "val", "stage": self.stages[self.stage_index]["name"], **metrics})
+        self.log.write({"step": self._trained_step(), "split": "val", "stage": self.stages[self.stage_index]["name"],
+                        **metrics})
         return metrics
+
+    def _trained_step(self) -> int:
+        """The step a validation follows, for the log and `best`: the schedule position jumps to the
+        stage's end when train.max_seconds cuts it, but the curves must show where training stopped."""
+        return self.cut_at if self.cut_at is not None else self.step
 
     # -- the loop -------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
@@ -341,6 +348,7 @@ class Trainer:
         for batch in loader:
             position = self._position(stage)
             if position >= stage["steps"]:  # train.max_seconds: this stage's share of the time is spent
+                self.cut_at = self.step
                 self.step, self.stopped_by = stage["end"], "seconds"
                 break
             lr = schedule.apply(position)
@@ -362,6 +370,7 @@ class Trainer:
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             self.step += 1
+            self.cut_at = None
             self.steps_trained += 1
             self.step_seconds.append(time.perf_counter() - self._tick)
             self.train_seconds += self.step_seconds[-1]
