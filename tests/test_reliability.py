@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from train_helpers import TINY_2D, config, env, write_config
+from train_helpers import TINY_2D, config, env, one_error_line, write_config
 
 from flemme_core.cli import main
 from flemme_core.errors import ConfigError
@@ -28,17 +28,6 @@ QUICK = config(TINY_2D, train={"steps": 1, "val_every": 0},
 def _train(tmp_path: Path, cfg: dict, *args: str, out: Path | None = None):
     path = write_config(tmp_path / "cfg.yaml", cfg)
     return CliRunner().invoke(main, ["train", str(path), "-o", str(out or tmp_path / "run"), "-q", *args])
-
-
-def _one_error_line(result, *needles: str) -> str:
-    assert result.exit_code != 0, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    lines = [x for x in result.output.splitlines() if x.strip()]
-    assert len(lines) == 1, result.output
-    assert lines[0].startswith("Error: ") and "Traceback" not in result.output
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 # -- the run-folder lock ----------------------------------------------------------------------
@@ -92,7 +81,7 @@ def test_second_train_into_a_busy_folder_is_refused_in_one_line(tmp_path, flag):
     before = (tmp_path / "run" / "metrics.jsonl").read_text()
     proc = _holder(tmp_path / "run")  # a concurrent run holds the folder
     try:
-        _one_error_line(_train(tmp_path, QUICK, flag), "in use by process", str(proc.pid), "--output")
+        one_error_line(_train(tmp_path, QUICK, flag), "in use by process", str(proc.pid), "--output")
     finally:
         proc.kill()
         proc.wait()
@@ -109,7 +98,7 @@ def test_lock_on_an_unwritable_folder_is_one_line(tmp_path, monkeypatch):
 
     monkeypatch.setattr(R.os, "open", read_only)
     (tmp_path / "ro").mkdir()
-    _one_error_line(_train(tmp_path, QUICK, out=tmp_path / "ro"), "cannot write", "Read-only file system", "--output")
+    one_error_line(_train(tmp_path, QUICK, out=tmp_path / "ro"), "cannot write", "Read-only file system", "--output")
 
 
 # -- ownership of the folder's files --------------------------------------------------------
@@ -120,7 +109,7 @@ def test_a_folder_with_the_users_own_files_is_refused_and_left_intact(tmp_path):
     for name, content in files.items():
         (folder / name).write_bytes(content)
     for args in ((), ("--overwrite",)):
-        _one_error_line(_train(tmp_path, QUICK, *args, out=folder), "did not write", "last.safetensors",
+        one_error_line(_train(tmp_path, QUICK, *args, out=folder), "did not write", "last.safetensors",
                         "metrics.jsonl")
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == files
 
@@ -130,7 +119,7 @@ def test_overwrite_never_deletes_a_non_flemme_config_folders_files(tmp_path):
     folder.mkdir()
     (folder / "config.yaml").write_text("my: own\n")
     (folder / "eval.json").write_text("{}")
-    _one_error_line(_train(tmp_path, QUICK, "--overwrite", out=folder), "did not write", "config.yaml")
+    one_error_line(_train(tmp_path, QUICK, "--overwrite", out=folder), "did not write", "config.yaml")
     assert (folder / "eval.json").read_text() == "{}" and (folder / "config.yaml").read_text() == "my: own\n"
 
 
@@ -151,7 +140,7 @@ def test_overwrite_replaces_only_flemmes_files_and_cleans_stale_tmp(tmp_path):
 
 
 def test_resume_into_a_missing_folder_is_refused(tmp_path):
-    _one_error_line(_train(tmp_path, QUICK, "--resume", out=tmp_path / "typo"), "--resume", "does not exist")
+    one_error_line(_train(tmp_path, QUICK, "--resume", out=tmp_path / "typo"), "--resume", "does not exist")
     assert not (tmp_path / "typo").exists()
 
 
@@ -159,7 +148,7 @@ def test_a_run_refused_after_claiming_leaves_nothing_behind(tmp_path, monkeypatc
     """issue 19: a check that fails before training (tensorboard missing) leaves no config.yaml."""
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
     cfg = config(QUICK, train={"tensorboard": True})
-    _one_error_line(_train(tmp_path, cfg), "tensorboard")
+    one_error_line(_train(tmp_path, cfg), "tensorboard")
     assert not (tmp_path / "run").exists()
     monkeypatch.undo()
     assert _train(tmp_path, QUICK).exit_code == 0  # the corrected rerun is not refused

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from train_helpers import TINY_2D, config, write_config
+from train_helpers import TINY_2D, config, one_error_line, write_config
 
 from flemme_core.cli import main
 
@@ -50,17 +50,6 @@ def _train(tmp_path: Path, cfg: dict, *args: str):
     return CliRunner().invoke(main, ["train", str(path), "-o", str(tmp_path / "run"), "-q", *args])
 
 
-def _one_error_line(result, *needles: str) -> str:
-    assert result.exit_code != 0, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    lines = [x for x in result.output.splitlines() if x.strip()]
-    assert len(lines) == 1, result.output
-    assert lines[0].startswith("Error: ") and "Traceback" not in result.output
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
-
-
 def test_missing_file_in_datalist(tmp_path):
     images, labels = _pairs(tmp_path / "d")
     datalist = {"training": [{"image": str(images / "case0.nii.gz"), "label": str(labels / "case0.nii.gz")},
@@ -68,35 +57,35 @@ def test_missing_file_in_datalist(tmp_path):
     (tmp_path / "list.json").write_text(json.dumps(datalist))
     cfg = _folder_config(images, labels)
     cfg["data"].update(images=None, labels=None, datalist=str(tmp_path / "list.json"))
-    _one_error_line(_train(tmp_path, cfg), "nope.nii.gz", "not found")
+    one_error_line(_train(tmp_path, cfg), "nope.nii.gz", "not found")
 
 
 def test_image_label_shape_mismatch(tmp_path):
     images, labels = _pairs(tmp_path / "d", label_shape=(16, 16, 12))
-    _one_error_line(_train(tmp_path, _folder_config(images, labels)), "case0", "16x16x16", "16x16x12")
+    one_error_line(_train(tmp_path, _folder_config(images, labels)), "case0", "16x16x16", "16x16x12")
 
 
 def test_image_label_affine_mismatch(tmp_path):
     shifted = np.eye(4)
     shifted[:3, 3] = [5.0, 0.0, 0.0]
     images, labels = _pairs(tmp_path / "d", affine=shifted)
-    _one_error_line(_train(tmp_path, _folder_config(images, labels)), "affines differ")
+    one_error_line(_train(tmp_path, _folder_config(images, labels)), "affines differ")
 
 
 def test_label_values_outside_the_classes(tmp_path):
     images, labels = _pairs(tmp_path / "d", max_label=5)
-    _one_error_line(_train(tmp_path, _folder_config(images, labels)), "outside the 3 configured classes")
+    one_error_line(_train(tmp_path, _folder_config(images, labels)), "outside the 3 configured classes")
 
 
 def test_empty_dataset(tmp_path):
     (tmp_path / "images").mkdir()
     (tmp_path / "labels").mkdir()
-    _one_error_line(_train(tmp_path, _folder_config(tmp_path / "images", tmp_path / "labels")), "no image files")
+    one_error_line(_train(tmp_path, _folder_config(tmp_path / "images", tmp_path / "labels")), "no image files")
 
 
 def test_patch_larger_than_the_image(tmp_path):
     cfg = config(QUICK, data={"patch_size": [64, 64]})
-    _one_error_line(_train(tmp_path, cfg), "patch_size [64, 64]", "larger than")
+    one_error_line(_train(tmp_path, cfg), "patch_size [64, 64]", "larger than")
 
 
 @pytest.mark.parametrize(("section", "values", "needles"), [
@@ -109,24 +98,24 @@ def test_patch_larger_than_the_image(tmp_path):
     ("data", {"preset": "synthetic-2e"}, ("dataset preset", "'synthetic-2d'")),
 ])
 def test_unknown_names_list_close_matches(tmp_path, section, values, needles):
-    _one_error_line(_train(tmp_path, config(QUICK, **{section: values})), *needles)
+    one_error_line(_train(tmp_path, config(QUICK, **{section: values})), *needles)
 
 
 def test_model_that_disagrees_with_the_data(tmp_path):
-    _one_error_line(_train(tmp_path, config(QUICK, model={"out_channels": 5})), "out_channels", "3 classes")
+    one_error_line(_train(tmp_path, config(QUICK, model={"out_channels": 5})), "out_channels", "3 classes")
 
 
 def test_no_data_given(tmp_path):
     result = CliRunner().invoke(main, ["train", "--encoder", "tiny", "-o", str(tmp_path / "r")])
-    _one_error_line(result, "no data")
+    one_error_line(result, "no data")
 
 
 def test_output_folder_of_a_different_run_is_refused(tmp_path):
     first = _train(tmp_path, QUICK)
     assert first.exit_code == 0, first.output
-    _one_error_line(_train(tmp_path, QUICK), "already holds a run", "--resume", "--overwrite")
+    one_error_line(_train(tmp_path, QUICK), "already holds a run", "--resume", "--overwrite")
     changed = config(QUICK, train={"lr": 0.5})
-    _one_error_line(_train(tmp_path, changed, "--resume"), "different run", "train.lr")
+    one_error_line(_train(tmp_path, changed, "--resume"), "different run", "train.lr")
     same = _train(tmp_path, QUICK, "--resume")  # same config + --resume: fine (already finished)
     assert same.exit_code == 0, same.output
     replaced = _train(tmp_path, changed, "--overwrite")

@@ -7,9 +7,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from click.testing import Result
 
 TINY_2D: dict[str, Any] = {
     "model": {"arch": "unet", "encoder": {"name": "tiny", "channels": [8, 16], "norm": "instance"}},
@@ -58,3 +61,19 @@ def env() -> dict[str, str]:
 def flemme(*args: str, timeout: float = 300, **kwargs: Any) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "flemme_core", *args], check=False, capture_output=True, text=True,
                           env=env(), timeout=timeout, **kwargs)
+
+
+def one_error_line(result: Result, *needles: str) -> str:
+    """The command failed and its whole output is one ``Error:`` line containing every needle.
+
+    Stricter than ``reliability_helpers.one_error`` (which allows notes before the error):
+    these callers stop before anything else is printed, so any other line is a regression.
+    """
+    assert result.exit_code != 0, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    lines = [x for x in result.output.splitlines() if x.strip()]
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("Error: ") and "Traceback" not in result.output
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
