@@ -1,5 +1,5 @@
-"""The ``swin`` family: shapes, shifted-window mask and relative position index against
-independent brute-force constructions, padding, context, errors, checkpoints."""
+"""The ``swin`` family: shifted-window mask and relative position index against independent
+brute-force constructions, padding, context, errors, checkpoints (shapes: test_vit.py, both families)."""
 
 from __future__ import annotations
 
@@ -11,18 +11,6 @@ from vit_testutil import small_model
 
 from flemme_core.config import EncoderConfig
 from flemme_core.errors import ConfigError, ShapeError
-
-
-@pytest.mark.parametrize("arch", ["unet", "ae"])
-@pytest.mark.parametrize("dims,image", [(2, 32), (3, 16)])
-def test_shapes(arch, dims, image):
-    model = small_model("swin", arch, dims, image)
-    x = torch.randn(2, 1, *[image] * dims)
-    out = model(x)
-    assert out.shape == (2, 3, *[image] * dims)
-    assert [f.shape[2] for f in model.encoder(x)] == [image // 2, image // 4, image // 8]
-    out.mean().backward()
-    assert all(p.grad is not None for p in model.parameters())
 
 
 def test_windows_fit_sizes_not_divisible_by_the_window():

@@ -1,4 +1,4 @@
-"""The ``vit`` family: shapes with every core architecture, attention numerics, context, errors."""
+"""The ``vit`` family: shapes with every core architecture (swin's too), attention numerics, context, errors."""
 
 from __future__ import annotations
 
@@ -19,10 +19,11 @@ def test_registered_with_version():
         assert provider is not None and provider.name == "flemme-vit", provider
 
 
+@pytest.mark.parametrize("family", ["vit", "swin"])
 @pytest.mark.parametrize("arch", ["unet", "ae"])
 @pytest.mark.parametrize("dims,image", [(2, 32), (3, 16)])
-def test_shapes(arch, dims, image):
-    model = small_model("vit", arch, dims, image)
+def test_shapes(family, arch, dims, image):
+    model = small_model(family, arch, dims, image)
     x = torch.randn(2, 1, *[image] * dims)
     out = model(x)
     assert out.shape == (2, 3, *[image] * dims)
