@@ -31,22 +31,29 @@ import subprocess
 import sys
 import time
 
+_UNETR = ("UNETR", {"feature_size": 16, "hidden_size": 384, "mlp_dim": 1536, "num_heads": 6})
+_SWIN_UNETR = ("SwinUNETR", {"feature_size": 24})
+
+
+def _vit(num_blocks: list[int]) -> dict:
+    """Our side of a UNETR pair; only the depth per level differs between 2D and 3D."""
+    return {"name": "vit", "channels": [32, 64, 128, 256, 512], "num_blocks": num_blocks, "patch_size": 4}
+
+
+def _swin(num_blocks: list[int]) -> dict:
+    """Our side of a SwinUNETR pair (its widths 24..384); only the depth per level differs between 2D and 3D."""
+    return {"name": "swin", "channels": [24, 48, 96, 192, 384], "num_blocks": num_blocks, "patch_size": 2,
+            "head_dim": 24}
+
+
 PAIRS = {
     # name: (dims, size, batch, ours (encoder spec), MONAI (class, kwargs)). Ours mirror the MONAI
     # models' level widths where they can (SwinUNETR: 24..384 over five levels) and put depth where
     # tokens are few, as Swin does; parameter counts within ±10% (printed).
-    "2d-vit": (2, 256, 2, {"name": "vit", "channels": [32, 64, 128, 256, 512], "num_blocks": [1, 2, 2, 4, 4],
-                           "patch_size": 4},
-               ("UNETR", {"feature_size": 16, "hidden_size": 384, "mlp_dim": 1536, "num_heads": 6})),
-    "2d-swin": (2, 256, 2, {"name": "swin", "channels": [24, 48, 96, 192, 384], "num_blocks": [2, 2, 2, 3, 1],
-                            "patch_size": 2, "head_dim": 24},
-                ("SwinUNETR", {"feature_size": 24})),
-    "3d-vit": (3, 64, 1, {"name": "vit", "channels": [32, 64, 128, 256, 512], "num_blocks": [1, 2, 2, 6, 4],
-                          "patch_size": 4},
-               ("UNETR", {"feature_size": 16, "hidden_size": 384, "mlp_dim": 1536, "num_heads": 6})),
-    "3d-swin": (3, 64, 1, {"name": "swin", "channels": [24, 48, 96, 192, 384], "num_blocks": [2, 2, 2, 6, 4],
-                           "patch_size": 2, "head_dim": 24},
-                ("SwinUNETR", {"feature_size": 24})),
+    "2d-vit": (2, 256, 2, _vit([1, 2, 2, 4, 4]), _UNETR),
+    "2d-swin": (2, 256, 2, _swin([2, 2, 2, 3, 1]), _SWIN_UNETR),
+    "3d-vit": (3, 64, 1, _vit([1, 2, 2, 6, 4]), _UNETR),
+    "3d-swin": (3, 64, 1, _swin([2, 2, 2, 6, 4]), _SWIN_UNETR),
 }
 
 
