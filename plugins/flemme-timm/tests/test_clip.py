@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
 import torch
-from timm_testutil import max_diff
+from timm_testutil import build_encoder, max_diff
 
-from flemme_core.build import _encoder_builder
-from flemme_core.config import model_config_from_dict
 from flemme_core.errors import CheckpointError, ConfigError
 
 VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
           "image_size": 64, "patch_size": 16}
 
 
-def clip_encoder(options: dict, in_channels: int = 3, size: int = 64):
-    cfg = model_config_from_dict({"arch": "unet", "image_size": size, "in_channels": in_channels,
-                                  "encoder": {"name": "clip", **options}})
-    return _encoder_builder(cfg)().eval()
+clip_encoder = functools.partial(build_encoder, "clip")
 
 
 def patch_tokens(model, x, interpolate=False):

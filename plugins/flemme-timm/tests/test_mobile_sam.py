@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from timm_testutil import max_diff
+from timm_testutil import build_encoder, max_diff
 from torch import nn
 
 from flemme_core.build import _encoder_builder
@@ -163,10 +163,8 @@ def published(enc: nn.Module, path) -> None:
     torch.save(state, path)
 
 
-def vit_t(options: dict, in_channels: int = 3, size: int = 160):
-    cfg = model_config_from_dict({"arch": "unet", "image_size": size, "in_channels": in_channels,
-                                  "encoder": {"name": "sam", "variant": "vit_t", **options}})
-    return _encoder_builder(cfg)().eval()
+def vit_t(options: dict, in_channels: int = 3, size: int = 160) -> torch.nn.Module:
+    return build_encoder("sam", {"variant": "vit_t", **options}, in_channels, size)
 
 
 @pytest.fixture(scope="module")

@@ -7,20 +7,15 @@ import functools
 
 import pytest
 import torch
-from timm_testutil import max_diff, segment_anything_modeling
+from timm_testutil import build_encoder, max_diff, segment_anything_modeling
 
-from flemme_core.build import _encoder_builder
-from flemme_core.config import model_config_from_dict
 from flemme_core.errors import CheckpointError
 
 TINY = {"embed_dim": 32, "depth": 4, "num_heads": 2, "global_attn_indexes": [1, 3], "window_size": 3,
         "neck_channels": 16}
 
 
-def sam_encoder(options: dict, in_channels: int = 3, size: int = 64):
-    cfg = model_config_from_dict({"arch": "unet", "image_size": size, "in_channels": in_channels,
-                                  "encoder": {"name": "sam", **options}})
-    return _encoder_builder(cfg)().eval()
+sam_encoder = functools.partial(build_encoder, "sam")
 
 
 def reference_encoder(native: int, embed_dim: int, depth: int, num_heads: int, global_attn_indexes, window_size: int,

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from safetensors.torch import save_file
-from timm_testutil import max_diff
+from timm_testutil import build_encoder, max_diff
 
 from flemme_core import build_model
-from flemme_core.build import _encoder_builder
-from flemme_core.config import model_config_from_dict
 from flemme_core.errors import CheckpointError, ConfigError
 
-
-def encoder_of(options: dict, in_channels: int = 3, size: int = 64):
-    cfg = model_config_from_dict({"arch": "unet", "image_size": size, "in_channels": in_channels,
-                                  "encoder": {"name": "timm", **options}})
-    return _encoder_builder(cfg)().eval()
+encoder_of = functools.partial(build_encoder, "timm")
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,9 @@ import types
 import pytest
 import torch
 
+from flemme_core.build import _encoder_builder
+from flemme_core.config import model_config_from_dict
+
 
 def segment_anything_modeling():
     """segment_anything.modeling without the package's __init__ (which imports torchvision through
@@ -29,6 +32,14 @@ def segment_anything_modeling():
         package.__path__ = [os.path.dirname(spec.origin)]
         sys.modules["segment_anything"] = package
     return importlib.import_module("segment_anything.modeling"), importlib.import_module("segment_anything.build_sam")
+
+
+def build_encoder(name: str, options: dict, in_channels: int = 3, size: int = 64) -> torch.nn.Module:
+    """The ``name`` family's encoder as a ``unet`` config at ``size``² builds it, in eval mode (the
+    families' reference comparisons are on deterministic forwards)."""
+    cfg = model_config_from_dict({"arch": "unet", "image_size": size, "in_channels": in_channels,
+                                  "encoder": {"name": name, **options}})
+    return _encoder_builder(cfg)().eval()
 
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
