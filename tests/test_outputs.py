@@ -6,22 +6,19 @@ import os
 import stat
 from pathlib import Path
 
+import pytest
+
 from flemme_core.checkpoint import atomic_write
 
 
-def test_atomic_write_follows_the_umask(tmp_path: Path) -> None:
-    old = os.umask(0o022)
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_atomic_write_follows_the_umask(tmp_path: Path, umask: int, mode: int) -> None:
+    old = os.umask(umask)
     try:
         out = atomic_write(tmp_path / "a.txt", lambda tmp: Path(tmp).write_text("x"))
     finally:
         os.umask(old)
-    assert stat.S_IMODE(out.stat().st_mode) == 0o644
-    old = os.umask(0o077)
-    try:
-        out = atomic_write(tmp_path / "b.txt", lambda tmp: Path(tmp).write_text("x"))
-    finally:
-        os.umask(old)
-    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert stat.S_IMODE(out.stat().st_mode) == mode
 
 
 def test_piped_progress_prints_plain_lines_with_step_loss_speed_and_eta(capsys) -> None:
