@@ -6,9 +6,12 @@ For a convolution, ``A`` is a convolution with the layer's kernel, stride, paddi
 dilation to ``rank`` channels and ``B`` a 1×1 convolution back, so shapes always match.
 
 The target ``qv`` is LoRA on the attention queries and values only (MMFD on MedSAM, after
-SAMed): a fused ``qkv`` linear gets one adapter on its q third and one on its v third (the
-k third is untouched), and separate ``q_proj``/``v_proj`` (``query``/``value``) linears are
-wrapped whole. Used by flemme-mmfd's branches and flemme-timm's pretrained families.
+SAMed): a fused ``qkv`` linear gets one adapter on its q outputs and one on its v outputs (the
+k outputs are untouched), and separate ``q_proj``/``v_proj`` (``query``/``value``) linears are
+wrapped whole. Where q and v sit among a fused layer's outputs is a :class:`QKVLayout` read off
+the attention module that holds it (:func:`qkv_layout`): in thirds for SAM's and timm's ViT,
+per head for TinyViT (MobileSAM's and timm's), EfficientFormer and MaxViT. Used by
+flemme-mmfd's branches and flemme-timm's pretrained families.
 """
 
 from __future__ import annotations
@@ -87,21 +90,103 @@ class LoRAConv(_Adapter):
                          conv(rank, base.out_channels, 1, bias=False), rank, alpha)
 
 
-class LoRAQKV(_Adapter):
-    """A frozen fused ``qkv`` linear plus trainable rank-``r`` updates of its q and v outputs."""
+@dataclasses.dataclass(frozen=True)
+class QKVLayout:
+    """Where q, k and v sit among a fused ``qkv`` linear's outputs: ``groups`` blocks in turn,
+    each ``[q (q_dim) | k (k_dim) | v (v_dim)]``.
 
-    def __init__(self, base: nn.Linear, rank: int, alpha: float):
-        if base.out_features % 3:
-            raise ConfigError(f"lora target qv: a fused qkv layer needs 3·d outputs, got {base.out_features}")
-        width = base.out_features // 3
+    Attention code reshapes the fused output one of two ways, and a LoRA on "the q rows" must
+    follow it or it adapts mixed query/key/value channels without any shape error:
+
+    * ``(3, heads, head_dim)``: SAM's and timm's ViT, CLIP: one group, q, k, v in thirds
+      (:meth:`thirds`);
+    * ``(heads, q + k + v)``: TinyViT (MobileSAM's and timm's), EfficientFormer, MaxViT:
+      one group per head (:meth:`per_head`), so head h's queries, keys and values are
+      consecutive and the values may be wider than the keys (``attn_ratio``).
+    """
+
+    groups: int
+    q_dim: int
+    k_dim: int
+    v_dim: int
+
+    @classmethod
+    def thirds(cls, width: int) -> QKVLayout:
+        return cls(1, width, width, width)
+
+    @classmethod
+    def per_head(cls, num_heads: int, key_dim: int, v_dim: int) -> QKVLayout:
+        return cls(num_heads, key_dim, key_dim, v_dim)
+
+    @property
+    def out_features(self) -> int:
+        return self.groups * (self.q_dim + self.k_dim + self.v_dim)
+
+    def __str__(self) -> str:
+        if self.groups == 1 and self.q_dim == self.k_dim == self.v_dim:
+            return f"thirds of {self.q_dim}"
+        return f"per head: {self.groups} x (q {self.q_dim} | k {self.k_dim} | v {self.v_dim})"
+
+
+def _ints(module: nn.Module | None, *names: str) -> bool:
+    return all(isinstance(getattr(module, n, None), int) for n in names)
+
+
+def qkv_layout(attention: nn.Module | None, qkv: nn.Linear, name: str = "qkv") -> QKVLayout:
+    """The layout of ``qkv``'s outputs, from the attention module that holds it (its parent).
+
+    Read from the attributes the per-head attentions keep for their own reshape: ``num_heads``
+    with ``key_dim`` and ``val_dim`` (LeViT's lineage: timm's ``tiny_vit`` and ``efficientformer``;
+    MobileSAM's TinyViT is timm's here), or ``num_heads`` with ``dim_head`` and
+    ``head_first`` set (timm's ``maxxvit``). Anything else is thirds, as SAM's and timm's ViT
+    reshape it. The layout must account for every output, or one line says so.
+    """
+    heads = getattr(attention, "num_heads", None)
+    if _ints(attention, "num_heads", "key_dim", "val_dim"):
+        layout = QKVLayout.per_head(heads, attention.key_dim, attention.val_dim)  # type: ignore[union-attr]
+    elif _ints(attention, "num_heads", "dim_head") and getattr(attention, "head_first", False) is True:
+        layout = QKVLayout.per_head(heads, attention.dim_head, attention.dim_head)  # type: ignore[union-attr]
+    elif qkv.out_features % 3:
+        raise ConfigError(f"lora target qv: fused layer {name!r} has {qkv.out_features} outputs, not q, k, v in "
+                          f"thirds, and its attention module names no per-head layout (num_heads, key_dim, val_dim); "
+                          f"use lora targets [linear] or a regex of other layer names")
+    else:
+        layout = QKVLayout.thirds(qkv.out_features // 3)
+    if layout.out_features != qkv.out_features:
+        raise ConfigError(f"lora target qv: fused layer {name!r} has {qkv.out_features} outputs but its attention's "
+                          f"layout ({layout}) has {layout.out_features}; use lora targets [linear] or a regex of "
+                          f"other layer names")
+    return layout
+
+
+class LoRAQKV(_Adapter):
+    """A frozen fused ``qkv`` linear plus trainable rank-``r`` updates of its q and v outputs.
+
+    ``layout`` (default: thirds) says where they sit. The parameters are ``lora_a.{0,1}`` and
+    ``lora_b.{0,1}`` (q, v) whatever the layout, ``lora_b``'s rows in the layout's group order,
+    so checkpoints of the thirds layout keep their names and shapes.
+    """
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, layout: QKVLayout | None = None):
+        layout = layout or qkv_layout(None, base)
+        if layout.out_features != base.out_features:
+            raise ConfigError(f"lora target qv: the layout ({layout}) has {layout.out_features} outputs, the fused "
+                              f"layer {base.out_features}; give the layout of this layer's attention (qkv_layout)")
+        g, q, v = layout.groups, layout.q_dim, layout.v_dim
         super().__init__(base, nn.ModuleList(nn.Linear(base.in_features, rank, bias=False) for _ in range(2)),
-                         nn.ModuleList(nn.Linear(rank, width, bias=False) for _ in range(2)), rank, alpha)
+                         nn.ModuleList([nn.Linear(rank, g * q, bias=False), nn.Linear(rank, g * v, bias=False)]),
+                         rank, alpha)
+        self.layout = layout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.base(x).chunk(3, dim=-1)
-        q = q + self.update(x, self.lora_a[0], self.lora_b[0])
-        v = v + self.update(x, self.lora_a[1], self.lora_b[1])
-        return torch.cat([q, k, v], dim=-1)
+        lay = self.layout
+        q, k, v = self.base(x).unflatten(-1, (lay.groups, -1)).split([lay.q_dim, lay.k_dim, lay.v_dim], dim=-1)
+        q = q + self.update(x, self.lora_a[0], self.lora_b[0]).unflatten(-1, (lay.groups, lay.q_dim))
+        v = v + self.update(x, self.lora_a[1], self.lora_b[1]).unflatten(-1, (lay.groups, lay.v_dim))
+        return torch.cat([q, k, v], dim=-1).flatten(-2)
+
+    def extra_repr(self) -> str:
+        return f"layout: {self.layout}"
 
 
 ADAPTERS = (_Adapter,)
@@ -126,7 +211,8 @@ def add_lora(module: nn.Module, rank: int, alpha: float, targets: Sequence[str])
     """Wrap every matching layer of ``module`` in place; returns the wrapped layer names.
 
     ``targets``: ``linear``, ``conv``, ``qv`` (attention queries and values, see the module
-    docstring), or regular expressions searched in layer names. Matching nothing is an error.
+    docstring; a fused ``qkv``'s layout comes from its parent, :func:`qkv_layout`), or regular
+    expressions searched in layer names. Matching nothing is an error.
     """
     chosen = [(name, layer) for name, layer in module.named_modules()
               if name and _wanted(name, layer, targets) and not isinstance(layer, ADAPTERS)
@@ -138,7 +224,7 @@ def add_lora(module: nn.Module, rank: int, alpha: float, targets: Sequence[str])
         parent_name, _, attr = name.rpartition(".")
         parent = module.get_submodule(parent_name) if parent_name else module
         if isinstance(layer, nn.Linear) and "qv" in targets and FUSED_QKV.search(name):
-            wrapped: nn.Module = LoRAQKV(layer, rank, alpha)
+            wrapped: nn.Module = LoRAQKV(layer, rank, alpha, qkv_layout(parent, layer, name))
         elif isinstance(layer, nn.Linear):
             wrapped = LoRALinear(layer, rank, alpha)
         else:

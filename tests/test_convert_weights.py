@@ -1,5 +1,5 @@
 """Foreign weights in the core: ``flemme convert``, torch files read only with weights_only, nested
-state dicts, and the LoRA q/v adapter on a fused qkv layer."""
+state dicts (the LoRA q/v adapter is tested in test_lora.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import torch
 from safetensors.torch import load_file
 
 from flemme_core.errors import CheckpointError
-from flemme_core.lora import LoRAQKV, add_lora
 from flemme_core.weights import read_weights, unwrap_state_dict
 
 
@@ -64,22 +63,3 @@ def test_read_weights_by_content_and_errors(tmp_path):
         read_weights(tmp_path / "missing.pth")
     with pytest.raises(CheckpointError, match=r"\['state_dict'\] holds no tensors"):
         unwrap_state_dict({"state_dict": {"epoch": 3}}, "'x.pth'")
-
-
-def test_lora_qv_updates_only_queries_and_values():
-    torch.manual_seed(0)
-    attn = torch.nn.Module()
-    attn.qkv = torch.nn.Linear(8, 24)
-    x = torch.randn(5, 8)
-    before = attn.qkv(x)
-    assert add_lora(attn, rank=2, alpha=4.0, targets=["qv"]) == ["qkv"]
-    layer = attn.qkv
-    assert isinstance(layer, LoRAQKV) and torch.allclose(layer(x), before)  # B = 0: unchanged at start
-    for b in layer.lora_b:
-        torch.nn.init.normal_(b.weight)
-    out = layer(x)
-    dq = 2.0 * x @ layer.lora_a[0].weight.T @ layer.lora_b[0].weight.T
-    dv = 2.0 * x @ layer.lora_a[1].weight.T @ layer.lora_b[1].weight.T
-    assert torch.allclose(out[:, :8], before[:, :8] + dq, atol=1e-6)
-    assert torch.equal(out[:, 8:16], before[:, 8:16])  # keys untouched
-    assert torch.allclose(out[:, 16:], before[:, 16:] + dv, atol=1e-6)
