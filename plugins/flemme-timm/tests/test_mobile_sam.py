@@ -12,10 +12,12 @@ hard-codes the 64×64 grid of a 1024 input; here the grid is the input's / 16.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
-from timm_testutil import build_encoder, max_diff
+from timm_testutil import build_encoder, max_diff, merge_lora_qv, per_head_rows, randomise_lora
 from torch import nn
 
 from flemme_core.build import _encoder_builder
@@ -238,13 +240,41 @@ def test_mobile_sam_file_under_another_variant_or_timm_says_vit_t(mobile_sam):
             "name": "timm", "model": "tiny_vit_5m_224", "weights": str(path)}}))()
 
 
-def test_vit_overrides_and_qv_lora_are_refused_for_vit_t():
+def test_vit_overrides_are_refused_for_vit_t():
     with pytest.raises(ConfigError, match=r"embed_dim overrides SAM's ViT; variant vit_t"):
         vit_t({"embed_dim": 32})
-    with pytest.raises(ConfigError, match=r"laid out per head"):  # q, k, v per head, not the thirds LoRA qv takes
-        vit_t({"lora": {"rank": 4}})
-    enc = vit_t({"freeze": True, "lora": {"rank": 2, "targets": [r"attn\.qkv$"]}}, size=64)
-    assert enc.lora_layers and all(n.endswith("attn.qkv") for n in enc.lora_layers)
+
+
+def test_qv_lora_equals_the_reference_with_q_and_v_rows_merged_per_head(mobile_sam):
+    """LoRA qv on vit_t against the independent MobileSAM encoder whose fused qkv weights get the
+    adapters' updates at the rows of each head's q and v (TinyViT's per-head layout, by hand)."""
+    ref, path = mobile_sam
+    enc = vit_t({"weights": str(path), "normalize": False, "freeze": True, "lora": {"rank": 2}}, size=64).double()
+    names = randomise_lora(enc.backbone)  # in float64 throughout: 1e-5 is then far above rounding
+    stage = lambda name: int(name.split(".")[1])  # stages.{i}.blocks.{j}.attn.qkv
+    assert names == enc.lora_layers == [f"stages.{i}.blocks.{j}.attn.qkv" for i in (1, 2, 3) for j in range(DEPTHS[i])]
+    rows = lambda name: per_head_rows(HEADS[stage(name)], DIMS[stage(name)] // HEADS[stage(name)],
+                                      DIMS[stage(name)] // HEADS[stage(name)])
+    merged, ref = copy.deepcopy(ref).double(), copy.deepcopy(ref).double()
+    merge_lora_qv(enc.backbone, merged, rows, rank=2, alpha=4.0, rename=lambda n: n.replace("stages.", "layers.", 1))
+    x = torch.rand(2, 3, 64, 64, dtype=torch.float64)
+    with torch.no_grad():
+        out, want, plain = enc(x)[0], merged(x), ref(x)
+    assert max_diff(out, want) <= 1e-5
+    assert max_diff(out, plain) > 1e-2  # the adapters do change the embedding
+    for name in names:  # the effective weight: k rows untouched, bit for bit
+        layer = enc.backbone.get_submodule(name)
+        eye = torch.eye(layer.base.in_features, dtype=torch.float64)
+        with torch.no_grad():
+            delta = (layer(eye) - layer.base(eye)).T
+        _, k, _ = rows(name)
+        assert torch.equal(delta[k], torch.zeros_like(delta[k]))
+    # frozen TinyViT, trainable adapters: per qkv layer A 2 x (2 x dim), B 2 x dim (q) + 2 x dim (v)
+    trainable = {n: p.numel() for n, p in enc.backbone.named_parameters() if p.requires_grad}
+    assert all(".lora_" in n for n in trainable)
+    assert sum(trainable.values()) == sum(8 * DIMS[i] * DEPTHS[i] for i in (1, 2, 3)) == 14848
+    enc(x)[0].square().mean().backward()
+    assert all(p.grad is not None for n, p in enc.backbone.named_parameters() if n in trainable)
 
 
 def test_random_vit_t_is_mobile_sams_size_and_trains():

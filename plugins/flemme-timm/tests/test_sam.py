@@ -3,11 +3,19 @@ format (``image_encoder.*`` beside the prompt encoder and mask decoder)."""
 
 from __future__ import annotations
 
+import copy
 import functools
 
 import pytest
 import torch
-from timm_testutil import build_encoder, max_diff, segment_anything_modeling
+from timm_testutil import (
+    build_encoder,
+    max_diff,
+    merge_lora_qv,
+    randomise_lora,
+    segment_anything_modeling,
+    thirds_rows,
+)
 
 from flemme_core.errors import CheckpointError
 
@@ -107,6 +115,26 @@ def test_lora_qv_on_frozen_sam_trains_only_adapters(tiny_sam):
     x = torch.rand(1, 3, 64, 64)
     enc(x)[0].sum().backward()
     assert all(p.grad is not None for n, p in enc.named_parameters() if p.requires_grad)
+
+
+def test_lora_qv_keeps_thirds_and_equals_segment_anything_with_q_and_v_thirds_merged(tiny_sam):
+    """SAM's fused qkv is (3, heads, d): the adapters keep their names and shapes (checkpoints of
+    MedSAM with LoRA load as before) and equal SAM's own encoder with B·A merged into the q and v
+    thirds of each qkv weight."""
+    ref, path = tiny_sam
+    enc = sam_encoder({**TINY, "weights": str(path), "normalize": False, "freeze": True, "lora": {"rank": 2}},
+                      size=128).double()
+    d = TINY["embed_dim"]
+    shapes = {n: tuple(p.shape) for n, p in enc.backbone.blocks[0].attn.qkv.named_parameters()}
+    assert shapes == {"base.weight": (3 * d, d), "base.bias": (3 * d,), "lora_a.0.weight": (2, d),
+                      "lora_a.1.weight": (2, d), "lora_b.0.weight": (d, 2), "lora_b.1.weight": (d, 2)}
+    assert randomise_lora(enc.backbone) == enc.lora_layers == [f"blocks.{i}.attn.qkv" for i in range(TINY["depth"])]
+    merged = copy.deepcopy(ref).double()
+    merge_lora_qv(enc.backbone, merged, lambda name: thirds_rows(d), rank=2, alpha=4.0)
+    x = torch.rand(2, 3, 128, 128, dtype=torch.float64)
+    with torch.no_grad():
+        out, want, plain = enc(x)[0], merged(x), ref.double()(x)
+    assert max_diff(out, want) <= 1e-5 and max_diff(out, plain) > 1e-2
 
 
 @pytest.mark.slow

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 
 import pytest
 import torch
 from safetensors.torch import save_file
-from timm_testutil import build_encoder, max_diff
+from timm_testutil import build_encoder, max_diff, merge_lora_qv, per_head_rows, randomise_lora, thirds_rows
 
 from flemme_core import build_model
 from flemme_core.errors import CheckpointError, ConfigError
+from flemme_core.lora import add_lora
 
 encoder_of = functools.partial(build_encoder, "timm")
 
@@ -139,3 +141,64 @@ def test_vit_weights_at_another_image_size_resize_the_position_table(timm, tmp_p
     with torch.no_grad():
         expected = small.forward_intermediates(x, indices=[1], intermediates_only=True)[0]
         assert max_diff(enc(x)[0], expected) <= 1e-5
+
+
+# timm attentions with a fused qkv Linear, their arguments, input and (q, k, v) rows written by hand
+ATTENTIONS = {
+    "tiny_vit": ("tiny_vit.Attention", {"dim": 16, "key_dim": 4, "num_heads": 2, "attn_ratio": 1,
+                                        "resolution": (2, 2)}, per_head_rows(2, 4, 4)),
+    "efficientformer": ("efficientformer.Attention", {"dim": 16, "key_dim": 4, "num_heads": 2, "attn_ratio": 4,
+                                                      "resolution": 2}, per_head_rows(2, 4, 16)),
+    "maxvit": ("maxxvit.AttentionCl", {"dim": 16, "dim_head": 4, "head_first": True}, per_head_rows(4, 4, 4)),
+    "maxvit_not_head_first": ("maxxvit.AttentionCl", {"dim": 16, "dim_head": 4, "head_first": False},
+                              thirds_rows(16)),
+    "vit": ("vision_transformer.Attention", {"dim": 16, "num_heads": 2}, thirds_rows(16)),
+}
+
+
+@pytest.mark.parametrize("kind", ATTENTIONS)
+def test_lora_qv_follows_each_timm_attentions_qkv_layout(timm, kind):
+    """Each timm attention with the adapters equals itself with B·A merged at the q and v rows its
+    own reshape uses (per head for TinyViT, EfficientFormer, MaxViT; thirds for ViT)."""
+    path, kwargs, rows = ATTENTIONS[kind]
+    module, cls = path.split(".")
+    attn = getattr(getattr(timm.models, module), cls)(**kwargs)
+    attn.eval()  # (TinyViT's and EfficientFormer's train() return None)
+    plain, merged = copy.deepcopy(attn).double(), copy.deepcopy(attn).double()
+    add_lora(attn, rank=2, alpha=4.0, targets=["qv"])
+    attn.double()
+    randomise_lora(attn, std=1.0)
+    merge_lora_qv(attn, merged, lambda name: rows, rank=2, alpha=4.0)
+    x = torch.randn(2, 4, 16, dtype=torch.float64)  # 4 tokens: the 2x2 resolution of the bias tables
+    with torch.no_grad():
+        out, want = attn(x), merged(x)
+        assert max_diff(out, want) <= 1e-5 and max_diff(out, plain(x)) > 1e-2
+
+
+def test_tiny_vit_lora_qv_equals_timm_with_q_and_v_rows_merged_per_head(timm, tmp_path):
+    """ImageNet TinyViT (``tiny_vit_5m_224``, the MMFD student's timm model) has MobileSAM's per-head
+    qkv: flemme's frozen model with adapters equals timm's with B·A merged at each head's q and v rows."""
+    ref = timm.create_model("tiny_vit_5m_224", pretrained=False).eval()
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(tmp_path / "tiny_vit.safetensors"))
+    enc = encoder_of({"model": "tiny_vit_5m_224", "weights": str(tmp_path / "tiny_vit.safetensors"),
+                      "normalize": False, "freeze": True, "lora": {"rank": 2}}).double()
+    dims, depths, heads = (64, 128, 160, 320), (2, 2, 6, 2), (2, 4, 5, 10)  # tiny_vit_5m_224: head_dim 32
+    names = randomise_lora(enc.backbone)
+    assert names == enc.lora_layers == [f"stages_{i}.blocks.{j}.attn.qkv" for i in (1, 2, 3) for j in range(depths[i])]
+    stage = lambda name: int(name.split(".")[0].removeprefix("stages_"))
+    merged = copy.deepcopy(ref).double()
+    merge_lora_qv(enc.backbone, merged, lambda name: per_head_rows(heads[stage(name)], 32, 32), rank=2, alpha=4.0,
+                  rename=lambda name: name.replace("stages_", "stages.", 1))
+    x = torch.rand(2, 3, 64, 64, dtype=torch.float64)
+    with torch.no_grad():
+        got = enc(x)
+        want = merged.forward_intermediates(x, intermediates_only=True)
+        plain = ref.double().forward_intermediates(x, intermediates_only=True)
+    assert len(got) == len(want) == 4
+    for g, w in zip(got, want):
+        assert max_diff(g, w) <= 1e-5
+    assert max_diff(got[-1], plain[-1]) > 1e-2
+    # frozen TinyViT, trainable adapters: per qkv layer A 2 x (2 x dim), B 2 x dim (q) + 2 x dim (v)
+    trainable = {n: p.numel() for n, p in enc.backbone.named_parameters() if p.requires_grad}
+    assert all(".lora_" in n for n in trainable)
+    assert sum(trainable.values()) == sum(8 * dims[i] * depths[i] for i in (1, 2, 3)) == 14848

@@ -45,3 +45,49 @@ def build_encoder(name: str, options: dict, in_channels: int = 3, size: int = 64
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     assert a.shape == b.shape, (a.shape, b.shape)
     return (a - b).abs().max().item()
+
+
+def per_head_rows(heads: int, key_dim: int, v_dim: int) -> tuple[list[int], list[int], list[int]]:
+    """The (q, k, v) output rows of a fused qkv laid out per head, as TinyViT reshapes it
+    (``view(B, N, heads, -1).split([key_dim, key_dim, v_dim])``): head h owns the
+    ``2·key_dim + v_dim`` rows from ``h·(2·key_dim + v_dim)``, its q first, then k, then v."""
+    width = 2 * key_dim + v_dim
+    return ([h * width + i for h in range(heads) for i in range(key_dim)],
+            [h * width + key_dim + i for h in range(heads) for i in range(key_dim)],
+            [h * width + 2 * key_dim + i for h in range(heads) for i in range(v_dim)])
+
+
+def thirds_rows(width: int) -> tuple[list[int], list[int], list[int]]:
+    """The (q, k, v) output rows of a fused qkv in thirds, as SAM's ViT reshapes it (3, heads, d)."""
+    return list(range(width)), list(range(width, 2 * width)), list(range(2 * width, 3 * width))
+
+
+def randomise_lora(model: torch.nn.Module, std: float = 0.1) -> list[str]:
+    """Non-zero B in every fused-qkv adapter (A is random already), so LoRA changes the outputs;
+    returns the adapted layers' names."""
+    from flemme_core.lora import LoRAQKV
+
+    names = []
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, LoRAQKV):
+                for b in module.lora_b:
+                    b.weight.normal_(0, std)
+                names.append(name)
+    return names
+
+
+def merge_lora_qv(adapted: torch.nn.Module, reference: torch.nn.Module, rows, rank: int, alpha: float,
+                  rename=lambda name: name) -> None:
+    """The independent reference of LoRA ``qv``: each fused adapter of ``adapted`` merged into the
+    plain ``nn.Linear`` of ``reference`` named ``rename(name)``: ``(alpha / rank)·B·A`` added to its
+    weight at the q and v rows that ``rows(name)`` lists by hand (the k rows left as they are)."""
+    from flemme_core.lora import LoRAQKV
+
+    with torch.no_grad():
+        for name, module in adapted.named_modules():
+            if isinstance(module, LoRAQKV):
+                linear = reference.get_submodule(rename(name))
+                q, _, v = rows(name)
+                linear.weight[q] += alpha / rank * module.lora_b[0].weight @ module.lora_a[0].weight
+                linear.weight[v] += alpha / rank * module.lora_b[1].weight @ module.lora_a[1].weight

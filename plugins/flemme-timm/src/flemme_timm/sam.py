@@ -124,10 +124,9 @@ class SamEncoder(PretrainedEncoder):
         return model, [opts.neck_channels], [opts.patch], (SAM_MEAN, SAM_STD)
 
     def build_mobile_sam(self, timm: Any, cfg: EncoderConfig, opts: SamOptions):
-        """MobileSAM's TinyViT + neck, ``mobile_sam.pt`` key-mapped onto timm's TinyViT names."""
-        if opts.lora is not None and "qv" in opts.lora.targets:  # core's qv adapters take the qkv output in thirds
-            raise ConfigError("model.encoder.lora targets qv: TinyViT's fused qkv is laid out per head (q, k, v of "
-                              "each head in turn), not in thirds; use targets: [linear] or a name regex on vit_t")
+        """MobileSAM's TinyViT + neck, ``mobile_sam.pt`` key-mapped onto timm's TinyViT names.
+
+        LoRA ``qv`` needs nothing here: core reads the per-head qkv layout off timm's attention."""
         model = MobileSamTinyViT(timm, cfg.in_channels, opts.neck_channels, cfg.drop_path)
         if opts.weights:
             state = mobile_sam_to_timm(read_weights(opts.weights))
