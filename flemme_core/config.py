@@ -176,6 +176,8 @@ def model_config_from_dict(data: Mapping[str, Any]) -> ModelConfig:
     if cfg.dims not in (2, 3):
         raise ConfigError(f"model.dims must be 2 or 3, got {cfg.dims}")
     size = _int_list(cfg.image_size, "model.image_size")
+    if "image_size" not in data:  # the default size per axis, in as many axes as dims says
+        size = size[:1] * cfg.dims
     if len(size) == 1:
         size = size * cfg.dims
     elif "dims" not in data:

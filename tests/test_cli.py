@@ -35,6 +35,13 @@ def test_build_3d_json():
     assert [lvl["shape"] for lvl in summary["levels"]] == [[1, 8, 32, 32, 32], [1, 16, 16, 16, 16]]
 
 
+def test_build_dims_3_alone_takes_the_default_size_per_axis():
+    # `flemme build --encoder X --arch unet --dims 3` (the README's line) must not fail on the 2D default size
+    r = run("build", "--encoder", "tiny", "--arch", "unet", "--dims", "3", "--channels", "4,8", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["output_shapes"] == [[1, 2, 128, 128, 128]]
+
+
 def test_build_from_config_save_and_info(tmp_path):
     path = tmp_path / "model.safetensors"
     cfg = tmp_path / "tiny.yaml"
