@@ -138,3 +138,17 @@ def test_impossible_match_is_one_line():
         match_params(TINY_MODEL, 10)
     assert "\n" not in str(info.value)
 
+
+
+def test_budget_line_names_rows_whose_stages_keep_their_own_steps():
+    # the mmfd study's student-swin trains stages.student.steps = 2000 under a 1000-step dataset
+    # budget: the report's budget line must not claim 1000 for it
+    from flemme_core.compare.study import study_from_dict
+
+    study = study_from_dict({
+        "name": "s", "budget": {"steps": 1000},
+        "datasets": [{"name": "synthetic-2d", "preset": "synthetic-2d"}],
+        "rows": [{"name": "plain", "arch": "unet", "encoder": {"name": "tiny"}},
+                 {"name": "student", "arch": "unet", "encoder": {"name": "tiny"},
+                  "train": {"stages": {"student": {"steps": 2000}}}}]})
+    assert study.budget_text() == "1000 steps; rows with their own steps: student (stages: student 2000)"

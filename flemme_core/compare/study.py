@@ -125,8 +125,11 @@ class Study:
     def budget_text(self) -> str:
         """The budget per cell in words (per dataset when datasets have their own)."""
         if all(d.budget is None for d in self.datasets):
-            return self.budget.describe()
-        return "; ".join(f"{d.id}: {(d.budget or self.budget).describe()}" for d in self.datasets)
+            text = self.budget.describe()
+        else:
+            text = "; ".join(f"{d.id}: {(d.budget or self.budget).describe()}" for d in self.datasets)
+        own = [f"{r.id} {steps}" for r in self.rows if (steps := _own_steps(r.train))]
+        return text + (f"; rows with their own steps: {', '.join(own)}" if own else "")
 
     def longest_seconds(self) -> float | None:
         """The largest wall-clock budget of a cell (for the first ETA), if any."""
@@ -181,6 +184,14 @@ class Study:
 
 
 # -- helpers --------------------------------------------------------------------------------
+def _own_steps(train: dict[str, Any]) -> str:
+    """A row's own stage step counts (``train.stages.<name>.steps``) in words: the study's step
+    budget sets ``train.steps``, which such stages do not follow, so the budget line must say so."""
+    stages = train.get("stages") if isinstance(train.get("stages"), dict) else {}
+    staged = [f"{name} {spec['steps']}" for name, spec in stages.items() if isinstance(spec, dict) and "steps" in spec]
+    return f"(stages: {', '.join(staged)})" if staged else ""
+
+
 def _budget_dict(budget: Budget) -> dict[str, Any]:
     return {k: v for k, v in dataclasses.asdict(budget).items() if v is not None}
 
