@@ -234,8 +234,8 @@ def _format_summary(s: dict[str, Any]) -> str:
         f"image        {size}, {cfg['in_channels']} channel(s) in, {cfg['out_channels']} out",
         f"parameters   {s['parameters']:,} ({s['trainable_parameters']:,} trainable"
         + (f"; encoder {s['encoder_parameters']:,})" if enc is not None else ")"),
-        f"cost         {_si(s['macs_per_sample'])}MACs per sample, forward at {size} "
-        f"(a training step is about 3× that per sample)",
+        (f"cost         {_si(s['macs_per_sample'])}MACs per sample, forward at {size} "
+         f"(a training step is about 3× that per sample)"),
         f"input        {tuple(s['input_shape'])}",
         "output       " + ", ".join(str(tuple(o)) for o in s["output_shapes"]),
     ]

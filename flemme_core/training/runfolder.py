@@ -185,7 +185,7 @@ class RunLock:
                 pass
             self._created = False
 
-    def __enter__(self) -> RunLock:
+    def __enter__(self) -> RunLock:  # noqa: PYI034 (Python 3.10 has no typing.Self)
         return self.acquire()
 
     def __exit__(self, *exc: object) -> None:
