@@ -52,3 +52,20 @@ def test_unknown_family_option_lists_close_matches():
 def test_num_blocks_per_level_must_match_levels():
     with pytest.raises(ConfigError, match="one number or one per level"):
         build_model({"arch": "unet", "encoder": {"name": "tiny", "channels": [8, 16], "num_blocks": [1, 1, 1]}})
+
+
+def test_unet_head_width_widens_the_full_resolution_level():
+    import torch
+
+    cfg = {"arch": "unet", "encoder": {"name": "tiny", "channels": [8, 16], "patch_size": 2},
+           "image_size": [32, 32], "out_channels": 5}
+    plain, wide = build_model(cfg), build_model({**cfg, "arch_options": {"head_width": 24}})
+    assert plain.head.in_channels == 8 and wide.head.in_channels == 24
+    x = torch.randn(2, 1, 32, 32)
+    assert wide(x).shape == plain(x).shape == (2, 5, 32, 32)
+    # by default at least as wide as the classes (117 AAL classes off 16 channels learnt ~10x slower)
+    many = build_model({**cfg, "out_channels": 12})
+    assert many.head.in_channels == 12 and many(x).shape == (2, 12, 32, 32)
+    with pytest.raises(ConfigError, match="patch_size 1"):
+        build_model({**cfg, "encoder": {"name": "tiny", "channels": [8, 16], "patch_size": 1},
+                     "arch_options": {"head_width": 24}})

@@ -20,6 +20,10 @@ from .decoder import Decoder
 @dataclasses.dataclass
 class UNetOptions:
     decoder_blocks: int | None = None  # blocks per decoder stage (default: the encoder's)
+    head_width: int | None = None      # channels of the stem's patch expansion, the full-resolution level
+                                       # before the 1×1 head. Default: max(first level's channels, classes):
+                                       # 117 AAL classes read off 16 channels learnt ~10× slower (0.055 vs
+                                       # 0.581 Dice at 400 steps); MONAI's UNet ends out_channels wide too
 
 
 @dataclasses.dataclass
@@ -39,7 +43,16 @@ class EncoderDecoder(Architecture):
         super().__init__(config, build_encoder)
         encoder = self.encoder
         skip = getattr(self.options, "skip", self.skip)
-        self.decoder = Decoder(encoder, skip=skip, num_blocks=self.options.decoder_blocks)
+        head_width = getattr(self.options, "head_width", None)
+        patchified = encoder.feature_strides[0] > 1
+        if head_width is None and patchified and self.task == "segmentation":
+            head_width = max(encoder.feature_channels[0], config.out_channels)
+        if head_width is not None and not patchified:
+            from ..errors import ConfigError
+
+            raise ConfigError("model.arch_options.head_width sets the width of the stem's patch expansion, but this "
+                              "encoder's first level is at full resolution (patch_size 1); drop head_width")
+        self.decoder = Decoder(encoder, skip=skip, num_blocks=self.options.decoder_blocks, out_width=head_width)
         self.head = layers.head(config.dims, self.decoder.out_channels, config.out_channels)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
