@@ -69,3 +69,15 @@ def test_unet_head_width_widens_the_full_resolution_level():
     with pytest.raises(ConfigError, match="patch_size 1"):
         build_model({**cfg, "encoder": {"name": "tiny", "channels": [8, 16], "patch_size": 1},
                      "arch_options": {"head_width": 24}})
+
+
+def test_unet_head_kernel_3_keeps_the_output_size_and_odd_kernels_only():
+    import torch
+
+    cfg = {"arch": "unet", "encoder": {"name": "tiny", "channels": [8, 16]}, "image_size": [32, 32],
+           "out_channels": 3, "arch_options": {"head_kernel": 3}}
+    model = build_model(cfg)
+    assert model.head.kernel_size == (3, 3)
+    assert model(torch.randn(1, 1, 32, 32)).shape == (1, 3, 32, 32)
+    with pytest.raises(ConfigError, match="head_kernel must be an odd positive integer"):
+        build_model({**cfg, "arch_options": {"head_kernel": 2}})

@@ -24,6 +24,8 @@ class UNetOptions:
                                        # before the 1×1 head. Default: max(first level's channels, classes):
                                        # 117 AAL classes read off 16 channels learnt ~10× slower (0.055 vs
                                        # 0.581 Dice at 400 steps); MONAI's UNet ends out_channels wide too
+    head_kernel: int = 1               # kernel of the head conv; 3 reads each class off a neighbourhood (as
+                                       # MONAI's UNet's last 3×3 unit): AAL, 355 steps 0.723 vs 0.518 with 1×1
 
 
 @dataclasses.dataclass
@@ -53,7 +55,13 @@ class EncoderDecoder(Architecture):
             raise ConfigError("model.arch_options.head_width sets the width of the stem's patch expansion, but this "
                               "encoder's first level is at full resolution (patch_size 1); drop head_width")
         self.decoder = Decoder(encoder, skip=skip, num_blocks=self.options.decoder_blocks, out_width=head_width)
-        self.head = layers.head(config.dims, self.decoder.out_channels, config.out_channels)
+        k = getattr(self.options, "head_kernel", 1)
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1 or k % 2 == 0:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"model.arch_options.head_kernel must be an odd positive integer (1 or 3), got {k!r}")
+        self.head = (layers.head(config.dims, self.decoder.out_channels, config.out_channels) if k == 1 else
+                     layers.conv(config.dims, self.decoder.out_channels, config.out_channels, k))
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(self.decoder(self.encoder(x, context), context)[-1])
