@@ -56,6 +56,6 @@ def act(name: str, **kwargs: Any) -> nn.Module:
     return get_act_layer(name if not kwargs else (name, kwargs))
 
 
-def head(dims: int, in_channels: int, out_channels: int) -> nn.Module:
-    """The 1×1 projection to output channels that every architecture ends with."""
-    return conv(dims, in_channels, out_channels, kernel_size=1)
+def head(dims: int, in_channels: int, out_channels: int, kernel_size: int = 1) -> nn.Module:
+    """The projection to output channels that every architecture ends with (1×1 unless asked)."""
+    return conv(dims, in_channels, out_channels, kernel_size=kernel_size)

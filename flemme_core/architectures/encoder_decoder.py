@@ -13,6 +13,7 @@ import torch
 
 from .. import layers
 from ..config import ModelConfig
+from ..errors import ConfigError
 from .base import Architecture, Batch, BuildEncoder
 from .decoder import Decoder
 
@@ -46,22 +47,17 @@ class EncoderDecoder(Architecture):
         encoder = self.encoder
         skip = getattr(self.options, "skip", self.skip)
         head_width = getattr(self.options, "head_width", None)
+        k = getattr(self.options, "head_kernel", 1)
         patchified = encoder.feature_strides[0] > 1
-        if head_width is None and patchified and self.task == "segmentation":
+        if head_width is None and patchified and hasattr(self.options, "head_width"):
             head_width = max(encoder.feature_channels[0], config.out_channels)
         if head_width is not None and not patchified:
-            from ..errors import ConfigError
-
             raise ConfigError("model.arch_options.head_width sets the width of the stem's patch expansion, but this "
                               "encoder's first level is at full resolution (patch_size 1); drop head_width")
-        self.decoder = Decoder(encoder, skip=skip, num_blocks=self.options.decoder_blocks, out_width=head_width)
-        k = getattr(self.options, "head_kernel", 1)
         if not isinstance(k, int) or isinstance(k, bool) or k < 1 or k % 2 == 0:
-            from ..errors import ConfigError
-
             raise ConfigError(f"model.arch_options.head_kernel must be an odd positive integer (1 or 3), got {k!r}")
-        self.head = (layers.head(config.dims, self.decoder.out_channels, config.out_channels) if k == 1 else
-                     layers.conv(config.dims, self.decoder.out_channels, config.out_channels, k))
+        self.decoder = Decoder(encoder, skip=skip, num_blocks=self.options.decoder_blocks, out_width=head_width)
+        self.head = layers.head(config.dims, self.decoder.out_channels, config.out_channels, kernel_size=k)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(self.decoder(self.encoder(x, context), context)[-1])
