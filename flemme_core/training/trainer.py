@@ -336,6 +336,7 @@ class Trainer:
                    progress: Progress) -> None:
         cfg, ctx = self.cfg, self.ctx
         self.stage_index = index
+        self.cut_at = None  # this stage trains on; set again if max_seconds cuts it
         schedule = Schedule(optimizer, stage)
         forward = self._forward(stage)
         sampler = StepBatchSampler(order, self.batch, self.step, stage["end"], ctx.rank, ctx.world_size)
@@ -370,7 +371,6 @@ class Trainer:
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             self.step += 1
-            self.cut_at = None
             self.steps_trained += 1
             self.step_seconds.append(time.perf_counter() - self._tick)
             self.train_seconds += self.step_seconds[-1]
