@@ -10,8 +10,15 @@ SAMed): a fused ``qkv`` linear gets one adapter on its q outputs and one on its 
 k outputs are untouched), and separate ``q_proj``/``v_proj`` (``query``/``value``) linears are
 wrapped whole. Where q and v sit among a fused layer's outputs is a :class:`QKVLayout` read off
 the attention module that holds it (:func:`qkv_layout`): in thirds for SAM's and timm's ViT,
-per head for TinyViT (MobileSAM's and timm's), EfficientFormer and MaxViT. Used by
-flemme-mmfd's branches and flemme-timm's pretrained families.
+per head for TinyViT (MobileSAM's and timm's), EfficientFormer and MaxViT, k and v only for
+GCViT's global attention (its queries come from elsewhere). Used by flemme-mmfd's branches and
+flemme-timm's pretrained families.
+
+Some attentions never call their ``qkv`` module: timm's EVA, BEiT and Swin V2 add their separate
+``q_bias``/``v_bias`` through ``F.linear(x, self.qkv.weight, bias)``. So the linear adapters also
+read like the ``nn.Linear`` they replace: ``weight`` is the frozen weight with the low-rank update
+merged at the same rows the forward adapts, ``bias`` the frozen bias, and LoRA acts whichever way
+the parent uses the layer.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -71,6 +78,11 @@ class _Adapter(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x) + self.update(x, self.lora_a, self.lora_b)
 
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """The frozen bias (LoRA adds none), for parents that read the layer's parameters."""
+        return self.base.bias
+
 
 class LoRALinear(_Adapter):
     """A frozen ``nn.Linear`` plus a trainable rank-``r`` update."""
@@ -78,6 +90,11 @@ class LoRALinear(_Adapter):
     def __init__(self, base: nn.Linear, rank: int, alpha: float):
         super().__init__(base, nn.Linear(base.in_features, rank, bias=False),
                          nn.Linear(rank, base.out_features, bias=False), rank, alpha)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """``W + (alpha / rank) B A``: what ``F.linear(x, layer.weight, ...)`` must use to see the adapter."""
+        return self.base.weight + self.scale * self.lora_b.weight @ self.lora_a.weight
 
 
 class LoRAConv(_Adapter):
@@ -103,6 +120,10 @@ class QKVLayout:
     * ``(heads, q + k + v)``: TinyViT (MobileSAM's and timm's), EfficientFormer, MaxViT:
       one group per head (:meth:`per_head`), so head h's queries, keys and values are
       consecutive and the values may be wider than the keys (``attn_ratio``).
+
+    ``q_dim`` 0 is a layer without queries: GCViT's global attention reshapes its ``qkv`` as
+    ``(2, heads, head_dim)``, k then v, and takes q from its global query generator
+    (:meth:`kv_halves`).
     """
 
     groups: int
@@ -118,6 +139,10 @@ class QKVLayout:
     def per_head(cls, num_heads: int, key_dim: int, v_dim: int) -> QKVLayout:
         return cls(num_heads, key_dim, key_dim, v_dim)
 
+    @classmethod
+    def kv_halves(cls, width: int) -> QKVLayout:
+        return cls(1, 0, width, width)
+
     @property
     def out_features(self) -> int:
         return self.groups * (self.q_dim + self.k_dim + self.v_dim)
@@ -125,6 +150,8 @@ class QKVLayout:
     def __str__(self) -> str:
         if self.groups == 1 and self.q_dim == self.k_dim == self.v_dim:
             return f"thirds of {self.q_dim}"
+        if self.groups == 1 and self.q_dim == 0 and self.k_dim == self.v_dim:
+            return f"k and v halves of {self.k_dim}"
         return f"per head: {self.groups} x (q {self.q_dim} | k {self.k_dim} | v {self.v_dim})"
 
 
@@ -138,14 +165,19 @@ def qkv_layout(attention: nn.Module | None, qkv: nn.Linear, name: str = "qkv") -
     Read from the attributes the per-head attentions keep for their own reshape: ``num_heads``
     with ``key_dim`` and ``val_dim`` (LeViT's lineage: timm's ``tiny_vit`` and ``efficientformer``;
     MobileSAM's TinyViT is timm's here), or ``num_heads`` with ``dim_head`` and
-    ``head_first`` set (timm's ``maxxvit``). Anything else is thirds, as SAM's and timm's ViT
-    reshape it. The layout must account for every output, or one line says so.
+    ``head_first`` set (timm's ``maxxvit``); ``num_heads`` with ``head_dim`` and ``use_global``
+    set is k and v only (timm's ``gcvit`` global attention, whose q comes from its global query
+    generator). Anything else is thirds, as SAM's and timm's ViT reshape it. The layout must
+    account for every output, or one line says so (so GCViT's global layer, 2·dim wide, is
+    never split in thirds even where 2·dim divides by 3).
     """
     heads = getattr(attention, "num_heads", None)
     if _ints(attention, "num_heads", "key_dim", "val_dim"):
         layout = QKVLayout.per_head(heads, attention.key_dim, attention.val_dim)  # type: ignore[union-attr]
     elif _ints(attention, "num_heads", "dim_head") and getattr(attention, "head_first", False) is True:
         layout = QKVLayout.per_head(heads, attention.dim_head, attention.dim_head)  # type: ignore[union-attr]
+    elif _ints(attention, "num_heads", "head_dim") and getattr(attention, "use_global", False) is True:
+        layout = QKVLayout.kv_halves(heads * attention.head_dim)  # type: ignore[union-attr,operator]
     elif qkv.out_features % 3:
         raise ConfigError(f"lora target qv: fused layer {name!r} has {qkv.out_features} outputs, not q, k, v in "
                           f"thirds, and its attention module names no per-head layout (num_heads, key_dim, val_dim); "
@@ -162,9 +194,11 @@ def qkv_layout(attention: nn.Module | None, qkv: nn.Linear, name: str = "qkv") -
 class LoRAQKV(_Adapter):
     """A frozen fused ``qkv`` linear plus trainable rank-``r`` updates of its q and v outputs.
 
-    ``layout`` (default: thirds) says where they sit. The parameters are ``lora_a.{0,1}`` and
-    ``lora_b.{0,1}`` (q, v) whatever the layout, ``lora_b``'s rows in the layout's group order,
-    so checkpoints of the thirds layout keep their names and shapes.
+    ``layout`` (default: thirds) says where they sit. One pair per part the layer has, listed in
+    :attr:`parts`: ``lora_a.{0,1}`` and ``lora_b.{0,1}`` are q's and v's whatever the layout
+    (``lora_b``'s rows in the layout's group order), so checkpoints of the thirds layout keep their
+    names and shapes; a k-and-v layer (GCViT's global attention) has v's pair alone, ``.0``. The
+    forward and :attr:`weight` place the updates through the same :meth:`_add`.
     """
 
     def __init__(self, base: nn.Linear, rank: int, alpha: float, layout: QKVLayout | None = None):
@@ -172,21 +206,39 @@ class LoRAQKV(_Adapter):
         if layout.out_features != base.out_features:
             raise ConfigError(f"lora target qv: the layout ({layout}) has {layout.out_features} outputs, the fused "
                               f"layer {base.out_features}; give the layout of this layer's attention (qkv_layout)")
-        g, q, v = layout.groups, layout.q_dim, layout.v_dim
-        super().__init__(base, nn.ModuleList(nn.Linear(base.in_features, rank, bias=False) for _ in range(2)),
-                         nn.ModuleList([nn.Linear(rank, g * q, bias=False), nn.Linear(rank, g * v, bias=False)]),
-                         rank, alpha)
+        widths = {"q": layout.groups * layout.q_dim, "v": layout.groups * layout.v_dim}
+        parts = tuple(part for part, width in widths.items() if width)
+        if not parts:
+            raise ConfigError(f"lora target qv: the layout ({layout}) has no q or v outputs to adapt; "
+                              f"use lora targets [linear] or a regex of other layer names")
+        super().__init__(base, nn.ModuleList(nn.Linear(base.in_features, rank, bias=False) for _ in parts),
+                         nn.ModuleList(nn.Linear(rank, widths[part], bias=False) for part in parts), rank, alpha)
         self.layout = layout
+        self.parts = parts
+
+    def _add(self, out: torch.Tensor, update: Callable[[nn.Module, nn.Module], torch.Tensor],
+             dim: int = -1) -> torch.Tensor:
+        """``out`` (``dim``: the layer's outputs) plus ``update(a, b)`` (``dim``: that part's
+        outputs, in group order) at each adapted part's rows; the k rows are passed through."""
+        lay, dim = self.layout, dim % out.dim()
+        q, k, v = out.unflatten(dim, (lay.groups, -1)).split([lay.q_dim, lay.k_dim, lay.v_dim], dim=dim + 1)
+        split = {"q": q, "k": k, "v": v}
+        for part, a, b in zip(self.parts, self.lora_a, self.lora_b):
+            split[part] = split[part] + update(a, b).unflatten(dim, (lay.groups, -1))
+        return torch.cat([split["q"], split["k"], split["v"]], dim=dim + 1).flatten(dim, dim + 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lay = self.layout
-        q, k, v = self.base(x).unflatten(-1, (lay.groups, -1)).split([lay.q_dim, lay.k_dim, lay.v_dim], dim=-1)
-        q = q + self.update(x, self.lora_a[0], self.lora_b[0]).unflatten(-1, (lay.groups, lay.q_dim))
-        v = v + self.update(x, self.lora_a[1], self.lora_b[1]).unflatten(-1, (lay.groups, lay.v_dim))
-        return torch.cat([q, k, v], dim=-1).flatten(-2)
+        return self._add(self.base(x), lambda a, b: self.update(x, a, b))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The frozen weight with ``(alpha / rank) B A`` merged at the q and v rows: what a parent
+        that calls ``F.linear(x, qkv.weight, bias)`` (EVA, BEiT, Swin V2) must use to see LoRA
+        (laid out as the frozen weight, so B = 0 gives its outputs bit for bit)."""
+        return self._add(self.base.weight, lambda a, b: self.scale * b.weight @ a.weight, dim=0)
 
     def extra_repr(self) -> str:
-        return f"layout: {self.layout}"
+        return f"layout: {self.layout}, parts: {', '.join(self.parts)}"
 
 
 ADAPTERS = (_Adapter,)

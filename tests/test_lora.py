@@ -1,16 +1,18 @@
 """flemme_core.lora's ``qv`` target on fused qkv layers, against references written by hand: the
 q, k and v output rows of a small layer listed literally (thirds, and per head as TinyViT and
-EfficientFormer reshape them), the adapter's effective weight probed from its outputs, and the
-thirds adapter against its forward before layouts existed."""
+EfficientFormer reshape them, k and v only as GCViT's global attention), the adapter's effective
+weight probed from its outputs (and the merged ``weight`` that EVA/BEiT-style parents read instead
+of calling the layer), and the thirds adapter against its forward before layouts existed."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from flemme_core.errors import ConfigError
-from flemme_core.lora import LoRAQKV, QKVLayout, add_lora, freeze_with_lora, lora_parameters
+from flemme_core.lora import LoRALinear, LoRAQKV, QKVLayout, add_lora, freeze_with_lora, lora_parameters
 
 RANK, ALPHA = 2, 4.0
 
@@ -50,10 +52,17 @@ EFFICIENTFORMER = ({"num_heads": 2, "key_dim": 2, "val_dim": 4}, 16, [0, 1, 8, 9
 # MaxViT (head_first): per head, equal widths
 MAXVIT = ({"num_heads": 2, "dim_head": 2, "head_first": True}, 12, [0, 1, 6, 7], [2, 3, 8, 9], [4, 5, 10, 11])
 MAXVIT_THIRDS = ({"num_heads": 2, "dim_head": 2, "head_first": False}, *THIRDS[1:])
+# GCViT's global attention: qkv is 2·dim wide, [k k k k | v v v v] (q comes from the global query generator)
+GCVIT_GLOBAL = ({"num_heads": 2, "head_dim": 2, "use_global": True}, 8, [], [0, 1, 2, 3], [4, 5, 6, 7])
+# ... and with 2·dim divisible by 3 (dim 6), where thirds would silently adapt the wrong rows
+GCVIT_GLOBAL_DIM_6 = ({"num_heads": 2, "head_dim": 3, "use_global": True}, 12, [], list(range(6)), list(range(6, 12)))
+GCVIT_WINDOW = ({"num_heads": 2, "head_dim": 2, "use_global": False}, *THIRDS[1:])
 
 
-@pytest.mark.parametrize("attrs, out, q, k, v", [THIRDS, TINY_VIT, EFFICIENTFORMER, MAXVIT, MAXVIT_THIRDS],
-                         ids=["thirds", "tiny_vit", "efficientformer", "maxvit", "maxvit_not_head_first"])
+@pytest.mark.parametrize("attrs, out, q, k, v", [THIRDS, TINY_VIT, EFFICIENTFORMER, MAXVIT, MAXVIT_THIRDS,
+                                                 GCVIT_GLOBAL, GCVIT_GLOBAL_DIM_6, GCVIT_WINDOW],
+                         ids=["thirds", "tiny_vit", "efficientformer", "maxvit", "maxvit_not_head_first",
+                              "gcvit_global", "gcvit_global_dim_6", "gcvit_window"])
 def test_qv_adapts_exactly_the_q_and_v_rows(attrs, out, q, k, v):
     holder = Holder(out, **attrs)
     assert add_lora(holder, RANK, ALPHA, ["qv"]) == ["qkv"]
@@ -61,9 +70,15 @@ def test_qv_adapts_exactly_the_q_and_v_rows(attrs, out, q, k, v):
     delta = effective_delta(layer)
     assert torch.equal(delta[k], torch.zeros(len(k), 8))  # the keys' rows are untouched, bit for bit
     scale = ALPHA / RANK
-    for rows, a, b in ((q, layer.lora_a[0], layer.lora_b[0]), (v, layer.lora_a[1], layer.lora_b[1])):
+    adapted = [rows for rows in (q, v) if rows]  # one (A, B) pair per part the layer has, q first
+    assert len(layer.lora_a) == len(layer.lora_b) == len(adapted)
+    for rows, a, b in zip(adapted, layer.lora_a, layer.lora_b):
         assert torch.allclose(delta[rows], scale * b.weight @ a.weight, atol=1e-5)
         assert bool((delta[rows].abs().sum(1) > 0).all())
+    # the merged weight (what F.linear(x, qkv.weight, bias) parents read) is the same update
+    with torch.no_grad():
+        assert torch.equal(layer.weight[k], layer.base.weight[k])
+        assert torch.allclose(layer.weight - layer.base.weight, delta, atol=1e-6)
 
 
 def test_thirds_keeps_its_names_shapes_and_outputs():
@@ -93,6 +108,20 @@ def test_start_is_unchanged_and_per_head_shapes():
     assert torch.equal(holder.qkv(x), before)  # B = 0 at start
 
 
+def test_parents_that_read_the_weight_see_the_adapter():
+    """EVA/BEiT/Swin V2 call ``F.linear(x, qkv.weight, qkv_bias)`` instead of the layer: ``weight``
+    and ``bias`` give the adapted layer's outputs, and gradients reach A and B through them."""
+    x = torch.randn(3, 8)
+    fused = randomised(LoRAQKV(nn.Linear(8, 12), RANK, ALPHA))
+    linear = LoRALinear(nn.Linear(8, 5), RANK, ALPHA)
+    nn.init.normal_(linear.lora_b.weight)
+    for layer in (fused, linear):
+        out = F.linear(x, layer.weight, layer.bias)
+        assert torch.allclose(out, layer(x), atol=1e-6) and not torch.allclose(out, layer.base(x), atol=1e-3)
+        out.square().sum().backward()
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in lora_parameters(layer))
+
+
 def test_frozen_base_and_trainable_adapters_are_counted():
     holder = Holder(16, **EFFICIENTFORMER[0])
     assert freeze_with_lora(holder, True, {"rank": RANK, "targets": ["qv"]}) == ["qkv"]
@@ -113,3 +142,5 @@ def test_a_layout_that_misses_outputs_is_one_line(out, attrs, message):
     assert "\n" not in str(err.value) and "use lora targets [linear]" in str(err.value)
     with pytest.raises(ConfigError, match=r"the layout \(thirds of 4\) has 12 outputs, the fused layer 24"):
         LoRAQKV(nn.Linear(8, 24), RANK, ALPHA, QKVLayout.thirds(4))
+    with pytest.raises(ConfigError, match=r"has no q or v outputs to adapt; use lora targets \[linear\]"):
+        LoRAQKV(nn.Linear(8, 8), RANK, ALPHA, QKVLayout(1, 0, 8, 0))
