@@ -12,7 +12,7 @@ from timm_testutil import build_encoder, max_diff, merge_lora_qv, per_head_rows,
 
 from flemme_core import build_model
 from flemme_core.errors import CheckpointError, ConfigError
-from flemme_core.lora import add_lora
+from flemme_core.lora import LoRAQKV, add_lora, lora_parameters
 
 encoder_of = functools.partial(build_encoder, "timm")
 
@@ -202,3 +202,80 @@ def test_tiny_vit_lora_qv_equals_timm_with_q_and_v_rows_merged_per_head(timm, tm
     trainable = {n: p.numel() for n, p in enc.backbone.named_parameters() if p.requires_grad}
     assert all(".lora_" in n for n in trainable)
     assert sum(trainable.values()) == sum(8 * dims[i] * depths[i] for i in (1, 2, 3)) == 14848
+
+
+def gcvit_rows(name: str, dim: int) -> tuple[list[int], list[int], list[int]]:
+    """GCViT alternates window attention (odd blocks: ``use_global``, ``i % 2 != 0`` in timm) whose
+    qkv is only k then v, ``(2, heads, head_dim)``, with plain window attention in thirds."""
+    block = int(name.split(".")[3])  # stages.S.blocks.B.attn.qkv
+    return ([], list(range(dim)), list(range(dim, 2 * dim))) if block % 2 else thirds_rows(dim)
+
+
+# tiny random timm models (name, create_model arguments, image size, (q, k, v) rows of a qkv of width dim)
+TIMM_MODELS = {
+    # EVA and BEiT (and Swin V2) add q_bias/v_bias by F.linear(x, self.qkv.weight, bias): the qkv is never called
+    "eva": ("eva02_tiny_patch14_224", {"img_size": 28, "depth": 2, "embed_dim": 32, "num_heads": 2}, 28,
+            lambda name, dim: thirds_rows(dim)),
+    "eva_unfused": ("eva02_tiny_patch14_224", {"img_size": 28, "depth": 2, "embed_dim": 32, "num_heads": 2,
+                                               "qkv_fused": False}, 28, None),  # q_proj, k_proj, v_proj
+    "beit": ("beit_base_patch16_224", {"img_size": 32, "depth": 2, "embed_dim": 32, "num_heads": 2}, 32,
+             lambda name, dim: thirds_rows(dim)),
+    "swinv2": ("swinv2_tiny_window8_256", {"img_size": 64, "embed_dim": 16, "depths": (1, 1, 1, 1),
+                                           "num_heads": (2, 2, 4, 4)}, 64, lambda name, dim: thirds_rows(dim)),
+    "gcvit": ("gcvit_xxtiny", {"img_size": 64, "embed_dim": 16}, 64, gcvit_rows),
+}
+
+
+@pytest.mark.parametrize("kind", TIMM_MODELS)
+def test_lora_qv_on_timm_models_equals_q_and_v_rows_merged(timm, kind):
+    """Whole timm models with LoRA qv: B = 0 changes nothing; with B != 0 the model equals a plain
+    copy with (alpha/rank)·B·A merged by hand at each attention's q and v rows (GCViT's global
+    attention: v only), its k rows untouched, and gradients reach every adapter. For EVA, BEiT and
+    Swin V2, whose attention reads ``qkv.weight`` instead of calling ``qkv``, it also shows that
+    LoRA acts at all."""
+    name, kwargs, size, rows = TIMM_MODELS[kind]
+    model = timm.create_model(name, pretrained=False, **kwargs).eval().double()
+    with torch.no_grad():  # timm zero-initialises q_bias/v_bias and Swin V2's post-norm scales: make them matter
+        for p in model.parameters():
+            if not p.any():
+                p.normal_(0, 0.5)
+    plain, merged = copy.deepcopy(model), copy.deepcopy(model)
+    x = torch.rand(1, 3, size, size, dtype=torch.float64)
+    names = add_lora(model, rank=2, alpha=4.0, targets=["qv"])
+    model.double()
+    attentions = [n.rpartition(".")[0] for n, m in plain.named_modules() if n.endswith((".qkv", ".q_proj"))]
+    suffixes = ["q_proj", "v_proj"] if rows is None else ["qkv"]
+    assert names == [f"{a}.{s}" for a in attentions for s in suffixes] and len(attentions) >= 2
+    with torch.no_grad():
+        before = plain.forward_features(x)
+        assert torch.equal(model.forward_features(x), before)  # B = 0 at start
+    assert randomise_lora(model, std=1.0) == names
+    merge_lora_qv(model, merged, (lambda n: rows(n, merged.get_submodule(n).in_features)) if rows else None,
+                  rank=2, alpha=4.0)
+    out = model.forward_features(x)
+    with torch.no_grad():
+        want = merged.forward_features(x)
+    assert max_diff(out, want) <= 1e-5 and max_diff(out, before) > 1e-2
+    for n, m in model.named_modules():
+        if isinstance(m, LoRAQKV):  # the keys' rows of the weight the attention reads, bit for bit
+            k = rows(n, m.base.in_features)[1]
+            assert torch.equal(m.weight[k].detach(), plain.get_submodule(n).weight[k])
+    out.square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in lora_parameters(model))
+
+
+def test_lora_option_of_the_timm_encoder_acts_on_eva(timm):
+    """The family's ``lora`` option on a frozen EVA (whose attention reads ``qkv.weight``): the
+    adapters are the only trainable parameters, get gradients, and move the features once B != 0."""
+    enc = encoder_of({"model": "eva02_tiny_patch14_224", "model_args": {"depth": 2, "embed_dim": 32, "num_heads": 2},
+                      "out_indices": [1], "normalize": False, "freeze": True, "lora": {"rank": 2}}, size=28)
+    assert enc.lora_layers == ["model.blocks.0.attn.qkv", "model.blocks.1.attn.qkv"]
+    x = torch.rand(1, 3, 28, 28)
+    with torch.no_grad():
+        before = enc(x)[0]
+    randomise_lora(enc.backbone, std=1.0)
+    after = enc(x)[0]
+    assert max_diff(after, before) > 1e-2
+    after.square().mean().backward()
+    trainable = [(n, p) for n, p in enc.named_parameters() if p.requires_grad]
+    assert trainable and all(".lora_" in n and p.grad is not None and p.grad.abs().sum() > 0 for n, p in trainable)

@@ -63,16 +63,17 @@ def thirds_rows(width: int) -> tuple[list[int], list[int], list[int]]:
 
 
 def randomise_lora(model: torch.nn.Module, std: float = 0.1) -> list[str]:
-    """Non-zero B in every fused-qkv adapter (A is random already), so LoRA changes the outputs;
-    returns the adapted layers' names."""
-    from flemme_core.lora import LoRAQKV
+    """Non-zero B in every linear adapter (fused qkv, or a separate q/v projection; A is random
+    already), so LoRA changes the outputs; returns the adapted layers' names."""
+    from flemme_core.lora import LoRALinear, LoRAQKV
 
     names = []
     with torch.no_grad():
         for name, module in model.named_modules():
-            if isinstance(module, LoRAQKV):
-                for b in module.lora_b:
-                    b.weight.normal_(0, std)
+            if isinstance(module, (LoRAQKV, LoRALinear)):
+                for b in module.lora_b.modules():
+                    if isinstance(b, torch.nn.Linear):
+                        b.weight.normal_(0, std)
                 names.append(name)
     return names
 
@@ -81,13 +82,17 @@ def merge_lora_qv(adapted: torch.nn.Module, reference: torch.nn.Module, rows, ra
                   rename=lambda name: name) -> None:
     """The independent reference of LoRA ``qv``: each fused adapter of ``adapted`` merged into the
     plain ``nn.Linear`` of ``reference`` named ``rename(name)``: ``(alpha / rank)·B·A`` added to its
-    weight at the q and v rows that ``rows(name)`` lists by hand (the k rows left as they are)."""
-    from flemme_core.lora import LoRAQKV
+    weight at the q and v rows that ``rows(name)`` lists by hand (the k rows left as they are; an
+    empty q list is a layer without queries, whose one pair is then v's). A separate q/v projection's
+    adapter is merged into all of its rows."""
+    from flemme_core.lora import LoRALinear, LoRAQKV
 
     with torch.no_grad():
         for name, module in adapted.named_modules():
+            linear = reference.get_submodule(rename(name)) if isinstance(module, (LoRAQKV, LoRALinear)) else None
             if isinstance(module, LoRAQKV):
-                linear = reference.get_submodule(rename(name))
                 q, _, v = rows(name)
-                linear.weight[q] += alpha / rank * module.lora_b[0].weight @ module.lora_a[0].weight
-                linear.weight[v] += alpha / rank * module.lora_b[1].weight @ module.lora_a[1].weight
+                for part_rows, a, b in zip([r for r in (q, v) if r], module.lora_a, module.lora_b):
+                    linear.weight[part_rows] += alpha / rank * b.weight @ a.weight
+            elif isinstance(module, LoRALinear):
+                linear.weight += alpha / rank * module.lora_b.weight @ module.lora_a.weight
