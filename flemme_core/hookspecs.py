@@ -122,3 +122,28 @@ def register_commands(register) -> None:
 
     The core registers its own newer commands through this hook too (``flemme_core/builtin.py``).
     """
+
+
+@hookspec
+def register_onnx_ops(register) -> None:
+    """Register ONNX custom-op domains: fused kernels for ONNX Runtime, with their exporters.
+
+        register(domain, "module:attribute", description="one line")
+
+    ``domain`` is the ONNX domain of the ops (e.g. ``"flemme.mamba"``); the factory is called
+    with no argument and returns a :class:`flemme_core.export.custom_ops.OnnxCustomOps` for
+    that domain: ``library()`` (the path of an ONNX Runtime custom-op library exporting
+    ``RegisterCustomOps``, built on first call; raising with a one-line reason when it cannot
+    be built here) and ``translations()`` (torch custom op overload -> onnxscript function
+    emitting the domain's op, for torch.onnx's ``custom_translation_table``).
+
+    Contract:
+
+    * a module emits the domain's ops only inside ``export_mode("onnx")`` when
+      :func:`flemme_core.export.modes.custom_domains` contains it (``flemme export`` offers the
+      domains whose library builds, none with ``--portable``), and keeps a standard-operator
+      path otherwise;
+    * every ONNX Runtime session the core creates registers the libraries of the domains the
+      file records (``custom_domains`` in its metadata); a file needing a domain that no
+      installed plugin provides fails in one line naming the domain and the fix.
+    """

@@ -43,9 +43,11 @@ KINDS = {
     "dataset": "register_datasets",
     "command": "register_commands",
     "task": "register_tasks",
+    "onnx-domain": "register_onnx_ops",
 }
 PLURAL = {"encoders": "encoder", "architectures": "architecture", "losses": "loss",
-          "fusions": "fusion", "datasets": "dataset", "commands": "command", "tasks": "task"}
+          "fusions": "fusion", "datasets": "dataset", "commands": "command", "tasks": "task",
+          "onnx-domains": "onnx-domain"}
 
 
 @dataclass(frozen=True)

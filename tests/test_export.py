@@ -30,8 +30,8 @@ from flemme_core.export.metadata import read_exported_metadata
 
 FAMILIES = sorted(get_registry().components("encoder"))
 #: every installed family in each dimension it declares (the conformance kit's ``dims=``)
-#: minutes each on a 2-core CI machine (mamba 3D: the exported scan's loops through onnxscript's
-#: optimizer; sam: a ViT-B-like trace), so they run with `nox -s slow`
+#: minutes each on a 2-core CI machine (mamba 3D: the portable scan's loops through onnxscript's
+#: optimizer, 30 s with the fused scan op; sam: a ViT-B-like trace), so they run with `nox -s slow`
 HEAVY = {("mamba", 3), ("sam", 2)}
 FAMILY_DIMS = [(family, dims) for family in FAMILIES for dims in family_dims(family)]
 
@@ -41,9 +41,15 @@ def _relative(out: np.ndarray, ref: np.ndarray) -> float:
 
 
 def _ort(path):
+    """A plain ONNX Runtime session, with the plugins' custom-op libraries the file records
+    (mamba's fused scan by default) registered as flemme's own sessions do."""
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    from flemme_core.export.custom_ops import register_libraries
+
+    options = ort.SessionOptions()
+    register_libraries(options, read_exported_metadata(path)["custom_domains"], str(path))
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def _checkpoint(tmp_path, family="cnn", arch="unet", dims=2, **extra):

@@ -11,7 +11,10 @@ import click
               help="The file to write: .onnx, .pt2 (torch.export) or .ts (TorchScript).")
 @click.option("--format", "fmt", default="auto", show_default=True,
               help="auto (from the suffix) | onnx | torch-export | torchscript.")
-def export(checkpoint: str, output: str, fmt: str) -> None:
+@click.option("--portable", is_flag=True,
+              help="ONNX with standard operators only, for runtimes outside flemme (default: plugins' fused "
+                   "custom ops, e.g. mamba's scan, which need the plugin installed to run).")
+def export(checkpoint: str, output: str, fmt: str, portable: bool) -> None:
     """Export a checkpoint for deployment, checked against the eager model.
 
     The file holds the inference graph (dynamic batch; dynamic spatial axes within the
@@ -20,11 +23,13 @@ def export(checkpoint: str, output: str, fmt: str) -> None:
     `flemme predict FILE image -o out` needs nothing else (ONNX Runtime for .onnx). The
     written file is run on random inputs of the patch size and of a second size and
     compared with the eager model; above a relative error of 1e-4 nothing is kept and the
-    command fails.
+    command fails. ONNX files use the plugins' fused custom ops where they have one (recorded
+    in the file; `flemme predict` registers them); --portable writes standard operators only.
     """
     from ..export.exporter import export_checkpoint
 
-    meta = export_checkpoint(checkpoint, output, fmt, log=lambda text: click.echo(text, err=True))
+    meta = export_checkpoint(checkpoint, output, fmt, log=lambda text: click.echo(text, err=True),
+                             portable=portable)
     from ..export.metadata import shape_rule_text
 
     click.echo(f"{checkpoint} -> {output} ({meta['format_name']}; input {shape_rule_text(meta['input'])})")

@@ -14,7 +14,9 @@ recorded in the file and ``flemme predict`` enforces it.
 ONNX goes through the dynamo exporter (``torch.onnx.export(exported_program)``): the
 TorchScript-based exporter cannot express torch's scan operators (the exportable forms of
 the state-space scans, see :mod:`.modes`), and records Python loops unrolled at the traced
-length, losing the dynamic axes.
+length, losing the dynamic axes. Plugins' fused ONNX Runtime ops (``register_onnx_ops``, see
+:mod:`.custom_ops`) are offered to the modules unless ``portable`` asks for standard operators
+only; the file records the custom domains its graph needs.
 
 Verification is not optional: the written file is loaded by its runtime (ONNX Runtime;
 ``torch.export.load``; ``torch.jit.load``) and compared with the eager model (in its normal
@@ -123,14 +125,16 @@ def _trace(wrapper: nn.Module, fmt: str, example: torch.Tensor, stride: int, pat
     return torch.export.export(wrapper, (example,), dynamic_shapes={"image": axes}, strict=False)
 
 
-def _convert(artifact: Any, fmt: str, example: torch.Tensor) -> Any:
-    """What is saved: the ONNX protobuf (converted once), or the torch artifact itself."""
+def _convert(artifact: Any, fmt: str, example: torch.Tensor, table: dict[Any, Any]) -> Any:
+    """What is saved: the ONNX protobuf (converted once, custom ops through ``table``), or the
+    torch artifact itself."""
     if fmt != "onnx":
         return artifact
     # optimize=True: the unoptimised graph of some models is refused by ONNX Runtime (a Conv bias
     # of the wrong rank); the optimizer is superlinear on very large graphs (mamba's demo-size unet)
     program = torch.onnx.export(artifact, (example,), dynamo=True, input_names=["image"],
-                                output_names=["output"], verbose=False, optimize=True)
+                                output_names=["output"], verbose=False, optimize=True,
+                                custom_translation_table=table or None)
     return program.model_proto
 
 
@@ -193,10 +197,12 @@ def _check_text(fmt: str, check: dict[str, Any]) -> str:
 class _Plan:
     """What one export needs: the model, its inputs' shape rule and the log."""
 
-    def __init__(self, checkpoint: str | Path, fmt: str, log: Log):
+    def __init__(self, checkpoint: str | Path, fmt: str, log: Log, portable: bool = False):
         from ..checkpoint import load_model, read_metadata
+        from .custom_ops import for_export
 
         self.fmt, self.log = fmt, log
+        self.domains, self.table, self.domain_notes = for_export(portable) if fmt == "onnx" else ([], {}, [])
         self.ckpt = read_metadata(checkpoint)
         self.model = load_model(checkpoint, map_location="cpu").float().eval()
         cfg = self.model.config
@@ -220,12 +226,13 @@ class _Plan:
                   _example(2, self.channels, self.second if dynamic else self.patch, 2)]
         trace_size = [p if p // self.stride != 1 else 2 * self.stride for p in self.patch]  # no 0/1 specialising
         try:
-            with _quiet(), export_mode(self.model, fmt) as notes:
+            with _quiet(), export_mode(self.model, fmt, self.domains) as notes:
                 artifact = _trace(self.wrapper, fmt, _example(2, self.channels, trace_size, 0), self.stride,
                                   self.patch, dynamic)
             with _quiet():
-                converted = _convert(artifact, fmt, inputs[0])
-                _save(converted, fmt, tmp, _metadata(self, dynamic, notes + reasons, []))
+                notes = self.domain_notes + notes
+                converted = _convert(artifact, fmt, inputs[0], self.table)
+                _save(converted, fmt, tmp, _metadata(self, dynamic, notes + reasons, [], converted))
         except FlemmeError:
             raise
         except Exception as exc:  # noqa: BLE001 - the tracer's or converter's refusal, in one line
@@ -247,7 +254,7 @@ class _Plan:
             raise ExportError(f"the exported {fmt} file does not reproduce the model (relative error "
                               f"{worst['relative_error']:.2e} > {RTOL:.0e} on {'×'.join(map(str, worst['shape']))}"
                               f"{'; ' + worst['problem'] if 'problem' in worst else ''}); not written")
-        meta = _metadata(self, dynamic, notes + reasons, checks)
+        meta = _metadata(self, dynamic, notes + reasons, checks, converted)
         with _quiet():
             _save(converted, fmt, tmp, meta)  # the same graph, now with its verification figures
         for note in notes + reasons:
@@ -256,16 +263,17 @@ class _Plan:
 
 
 def export_checkpoint(checkpoint: str | Path, output: str | Path, fmt: str = "auto",
-                      log: Log | None = None) -> dict[str, Any]:
+                      log: Log | None = None, portable: bool = False) -> dict[str, Any]:
     """Export a checkpoint's inference to ``output``; returns the metadata written.
 
     Nothing is left at ``output`` unless the file passed verification (written to a temporary
-    file beside it, renamed at the end)."""
+    file beside it, renamed at the end). ``portable``: ONNX with standard operators only (for
+    runtimes without flemme's plugins), instead of the plugins' fused custom ops."""
     from ..checkpoint import atomic_write
 
     fmt = check_format(fmt, output)
     require(fmt)
-    plan = _Plan(checkpoint, fmt, log or (lambda text: None))
+    plan = _Plan(checkpoint, fmt, log or (lambda text: None), portable)
     result: dict[str, Any] = {}
 
     def build(tmp: str) -> None:
@@ -279,8 +287,11 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, fmt: str = "au
     return result
 
 
-def _metadata(plan: _Plan, dynamic: bool, notes: list[str], checks: list[dict[str, Any]]) -> dict[str, Any]:
+def _metadata(plan: _Plan, dynamic: bool, notes: list[str], checks: list[dict[str, Any]],
+              converted: Any) -> dict[str, Any]:
     import importlib.metadata as md
+
+    from .custom_ops import used_domains
 
     exported_with = {"torch": torch.__version__}
     if plan.fmt == "onnx":
@@ -293,7 +304,8 @@ def _metadata(plan: _Plan, dynamic: bool, notes: list[str], checks: list[dict[st
             "extra": ckpt.get("extra") or {}, "task": getattr(plan.model, "task", "segmentation"),
             "input": plan.rule(dynamic), "notes": notes,
             "verification": checks, "exported_with": exported_with, "rtol": RTOL,
-            "description": FORMATS[plan.fmt][1]}
+            "description": FORMATS[plan.fmt][1],
+            "custom_domains": used_domains(converted, plan.domains) if plan.fmt == "onnx" else []}
 
 
 __all__ = ["RTOL", "ExportError", "export_checkpoint", "model_stride", "verify"]

@@ -11,7 +11,8 @@ TorchScript a zip member ``.../extra/flemme.json``, written through the exporter
   exact preprocessing steps — reaches ``flemme predict`` unchanged);
 * ``task``, ``input`` (the shape rule: batch and spatial axes, multiple, minimum), the
   export ``format``, ``notes`` of modules switched for the export, ``verification``,
-  ``exported_with`` (torch, and onnx/onnxruntime for ONNX).
+  ``exported_with`` (torch, and onnx/onnxruntime for ONNX), and for ONNX ``custom_domains``
+  (the plugins' custom-op domains the graph uses, registered by every session flemme creates).
 """
 
 from __future__ import annotations
@@ -71,6 +72,14 @@ def _read_onnx(path: Path) -> str | None:
     return next((p.value for p in model.metadata_props if p.key == KEY), None)
 
 
+def onnx_custom_domains(path: str | Path) -> list[str]:
+    """The ONNX custom-op domains an ONNX file written by ``flemme export`` records as needed
+    (whatever the file's name: the exporter verifies a temporary file)."""
+    text = _read_onnx(Path(path))
+    meta = json.loads(text) if text else {}
+    return list(meta.get("custom_domains") or []) if isinstance(meta, dict) else []
+
+
 def _read_zip(path: Path) -> str | None:
     with zipfile.ZipFile(path) as zf:
         name = next((n for n in zf.namelist() if n.endswith(ZIP_MEMBER)), None)
@@ -89,6 +98,10 @@ def describe(meta: dict[str, Any]) -> list[tuple[str, str]]:
              ("input", shape_rule_text(rule)),
              ("versions", ", ".join(f"{k} {v}" for k, v in meta["versions"].items())),
              ("exported with", ", ".join(f"{k} {v}" for k, v in meta["exported_with"].items()))]
+    if meta.get("custom_domains"):
+        lines.append(("custom ops", f"ONNX Runtime domains {', '.join(meta['custom_domains'])} (registered by "
+                                    f"flemme's sessions from the plugin that exported them; `flemme export "
+                                    f"--portable` writes standard operators only)"))
     if extra.get("class_names"):
         lines.append(("classes", ", ".join(map(str, extra["class_names"]))))
     for key, label in (("preprocessing", "preprocessing"), ("sw", "sliding window"), ("roi_size", "patch size"),

@@ -11,14 +11,30 @@ Leaving it restores the module. A module for which ``format`` has no exportable 
 raises :class:`NotExportable` naming itself and the reason. A module that can only be
 traced at one spatial size sets ``export_fixed_spatial = "one-line reason"``. Every instance is switched;
 identical notes are kept once, so a model with a hundred mixers of one kind prints one line.
+
+Inside the context, :func:`custom_domains` says which ONNX custom-op domains (registered through
+the ``register_onnx_ops`` hook, see :mod:`.custom_ops`) the export may emit: a module with a
+fused ONNX Runtime op for its domain uses it when the domain is offered, and its
+standard-operator path otherwise (``flemme export --portable``, another format, or no library).
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Iterator
 
 from ..errors import FlemmeError
+
+
+_CUSTOM_DOMAINS: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar("flemme_custom_domains",
+                                                                             default=frozenset())
+
+
+def custom_domains() -> frozenset[str]:
+    """The ONNX custom-op domains the export in progress may emit (empty outside an ONNX
+    export, and for a portable one)."""
+    return _CUSTOM_DOMAINS.get()
 
 
 def fixed_spatial_reasons(model) -> list[str]:
@@ -66,10 +82,13 @@ def sdpa_as_4d() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def export_mode(model, fmt: str) -> Iterator[list[str]]:
-    """Put every module of ``model`` that implements ``export_mode`` into it; yields the notes."""
+def export_mode(model, fmt: str, domains: list[str] | tuple[str, ...] = ()) -> Iterator[list[str]]:
+    """Put every module of ``model`` that implements ``export_mode`` into it, offering the
+    custom-op ``domains`` (ONNX only); yields the notes."""
     notes: list[str] = []
+    token = _CUSTOM_DOMAINS.set(frozenset(domains) if fmt == "onnx" else frozenset())
     with contextlib.ExitStack() as stack:
+        stack.callback(_CUSTOM_DOMAINS.reset, token)
         stack.enter_context(sdpa_as_4d())
         for module in model.modules():
             hook = getattr(module, "export_mode", None)

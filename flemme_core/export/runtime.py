@@ -19,8 +19,9 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError, ShapeError
+from .custom_ops import MissingCustomOps, register_libraries
 from .formats import format_of_path, require
-from .metadata import check_input_shape, read_exported_metadata
+from .metadata import check_input_shape, onnx_custom_domains, read_exported_metadata
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
 
@@ -36,10 +37,15 @@ def ort_providers(device: str | torch.device = "cpu") -> list[str]:
 
 
 def load_runner(path: str | Path, fmt: str | None = None, device: str | torch.device = "cpu",
-                threads: int | None = None) -> Runner:
-    """A callable running the exported file (``threads``: CPU threads, None = the runtime's default)."""
+                threads: int | None = None, custom_domains: list[str] | None = None) -> Runner:
+    """A callable running the exported file (``threads``: CPU threads, None = the runtime's default).
+
+    An ONNX session registers the plugins' custom-op libraries of the domains the file needs
+    (``custom_domains``; None: as its metadata records)."""
     fmt = fmt or format_of_path(path)
     path = str(path)
+    if fmt == "onnx" and custom_domains is None:
+        custom_domains = onnx_custom_domains(path)
     try:
         if fmt == "onnx":
             require("onnx", runtime_only=True)
@@ -51,6 +57,7 @@ def load_runner(path: str | Path, fmt: str | None = None, device: str | torch.de
             if threads:
                 options.intra_op_num_threads = threads
                 options.inter_op_num_threads = 1
+            register_libraries(options, custom_domains or [], path)
             session = ort.InferenceSession(path, options, providers=ort_providers(device))
             name = session.get_inputs()[0].name
 
@@ -63,6 +70,8 @@ def load_runner(path: str | Path, fmt: str | None = None, device: str | torch.de
             module = torch.export.load(path).module()
         else:
             module = torch.jit.load(path, map_location="cpu")
+    except MissingCustomOps:  # a missing plugin, not a corrupt file: its own one-line message
+        raise
     except Exception as exc:  # noqa: BLE001 - a file the runtime cannot load is a corrupt file to the user
         detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(f"{path!r} could not be loaded as {fmt} (truncated or corrupt?): {detail}") from None
@@ -101,7 +110,7 @@ class ExportedModel:
                                      out_channels=int(cfg.get("out_channels", 1)),
                                      image_size=list(self.rule["patch_size"]), arch=str(cfg.get("arch")))
         self.task = meta["task"]
-        self._run = load_runner(path, meta["format_name"], device, threads)
+        self._run = load_runner(path, meta["format_name"], device, threads, list(meta.get("custom_domains") or []))
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         problem = check_input_shape(self.rule, tuple(x.shape), str(self.path))

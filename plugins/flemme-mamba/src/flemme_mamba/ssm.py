@@ -98,6 +98,25 @@ class SelectiveScanND(DirectionalMixer):
 
     export_note = ("mamba selective scan: exported as the pure-PyTorch chunked scan (same math, torch scan "
                    "operators) instead of the C++ / mamba-ssm kernel, which cannot be exported")
+    fused_note = ("mamba selective scan: exported as the fused ONNX Runtime op flemme.mamba::SelectiveScan (this "
+                  "plugin's C++ kernel; running the file needs flemme-mamba; --portable writes standard operators)")
+    fused = False
+
+    @contextlib.contextmanager
+    def export_mode(self, fmt: str) -> Iterator[str | None]:
+        """The base hook, with the fused ONNX Runtime op (:mod:`.scan.ort_op`) as the scan when
+        the ONNX export offers its domain and the kernel takes ``d_state``."""
+        from flemme_core.export.modes import custom_domains
+
+        from .scan import KERNEL_MAX_STATE
+        from .scan.ort_op import DOMAIN
+
+        with super().export_mode(fmt) as note:
+            self.fused = DOMAIN in custom_domains() and self.d_state <= KERNEL_MAX_STATE
+            try:
+                yield self.fused_note if self.fused else note
+            finally:
+                self.fused = False
 
     def __init__(self, dims: int, width: int, *, d_state: int = 16, expand: float = 2.0,
                  dt_rank: int | None = None, d_conv: int = 3, scan: str = "cross+flip",
@@ -124,8 +143,9 @@ class SelectiveScanND(DirectionalMixer):
         kwargs = {"delta_bias": self.dt_projs_bias.reshape(-1).float(), "delta_softplus": True}
         if self.exporting:
             from .scan.export_scan import selective_scan_export
+            from .scan.ort_op import selective_scan_fused
 
-            y = selective_scan_export(*args, **kwargs)
+            y = (selective_scan_fused if self.fused else selective_scan_export)(*args, **kwargs)
         else:
             y = selective_scan(*args, **kwargs, backend=self.backend)
         return y.reshape(b, k, self.inner, length)

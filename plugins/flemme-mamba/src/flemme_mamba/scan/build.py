@@ -24,7 +24,9 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 SOURCE = Path(__file__).with_name("csrc") / "selective_scan.cpp"
 ABI_VERSION = 2
@@ -79,11 +81,11 @@ def _compiler_version(cxx: str) -> str:
         return ""
 
 
-def _compile(cxx: str, flags: list[str], target: Path) -> str:
+def _compile(cxx: str, flags: list[str], source: Path, target: Path) -> str:
     """Compile to a temporary file then rename, so concurrent builds never see half a library."""
     fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=target.parent)
     os.close(fd)
-    cmd = [cxx, *flags, str(SOURCE), "-o", tmp]
+    cmd = [cxx, *flags, str(source), "-o", tmp]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
         if proc.returncode != 0:
@@ -111,18 +113,29 @@ def _load(path: Path) -> ctypes.CDLL:
 @functools.lru_cache(maxsize=1)
 def load_kernel() -> ctypes.CDLL:
     """Build (once per source, compiler and CPU) and load the kernel, or raise KernelUnavailable."""
+    return build_library([SOURCE], "selective_scan.so", FLAG_CHOICES, _load)
+
+
+T = TypeVar("T")
+
+
+def build_library(sources: list[Path], filename: str, flag_choices: list[list[str]],
+                  load: Callable[[Path], T]) -> T:
+    """Compile ``sources[0]`` (the others are files it includes, hashed into the cache key) to
+    ``filename`` in the cache, trying ``flag_choices`` in order, and return ``load(path)`` of
+    the first build that loads; KernelUnavailable with every reason otherwise."""
     if os.environ.get("FLEMME_MAMBA_NO_CPP", "").lower() in ("1", "true", "yes"):
         raise KernelUnavailable("disabled by FLEMME_MAMBA_NO_CPP")
     cxx = find_compiler()
     if cxx is None:
         raise KernelUnavailable("no C++ compiler found (set CXX or install g++)")
-    source = SOURCE.read_bytes()
+    source = b"".join(path.read_bytes() for path in sources)
     errors = []
-    for flags in FLAG_CHOICES:
+    for flags in flag_choices:
         key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), _compiler_version(cxx).encode(),
                                          _cpu_signature().encode()])).hexdigest()[:16]
         folder = cache_dir() / key
-        target, failed = folder / "selective_scan.so", folder / "FAILED.txt"
+        target, failed = folder / filename, folder / "FAILED.txt"
         attempts, previous = _read_failure(failed)
         if not target.exists():
             if attempts >= BUILD_ATTEMPTS:  # failed before and retried: do not compile on every run
@@ -132,7 +145,7 @@ def load_kernel() -> ctypes.CDLL:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise KernelUnavailable(f"cannot create the kernel cache {folder}: {exc}") from None
-            problem = _compile(cxx, flags, target)
+            problem = _compile(cxx, flags, sources[0], target)
             if problem:
                 errors.append(problem)
                 _write_failure(failed, attempts + 1, problem)
@@ -143,7 +156,7 @@ def load_kernel() -> ctypes.CDLL:
             except OSError:
                 pass
         try:
-            return _load(target)
+            return load(target)
         except OSError as exc:
             errors.append(f"loading {target} failed: {exc}")
     raise KernelUnavailable("; ".join(errors) + f" [kernel cache: {cache_dir()}, set by FLEMME_MAMBA_CACHE]")
