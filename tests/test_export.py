@@ -31,7 +31,7 @@ from flemme_core.export.metadata import read_exported_metadata
 FAMILIES = sorted(get_registry().components("encoder"))
 #: every installed family in each dimension it declares (the conformance kit's ``dims=``)
 #: minutes each on a 2-core CI machine (mamba 3D: the portable scan's loops through onnxscript's
-#: optimizer, 30 s with the fused scan op; sam: a ViT-B-like trace), so they run with `nox -s slow`
+#: optimizer; sam: a ViT-B-like trace), so they run with `nox -s slow`
 HEAVY = {("mamba", 3), ("sam", 2)}
 FAMILY_DIMS = [(family, dims) for family in FAMILIES for dims in family_dims(family)]
 

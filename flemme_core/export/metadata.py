@@ -99,9 +99,9 @@ def describe(meta: dict[str, Any]) -> list[tuple[str, str]]:
              ("versions", ", ".join(f"{k} {v}" for k, v in meta["versions"].items())),
              ("exported with", ", ".join(f"{k} {v}" for k, v in meta["exported_with"].items()))]
     if meta.get("custom_domains"):
-        lines.append(("custom ops", f"ONNX Runtime domains {', '.join(meta['custom_domains'])} (registered by "
-                                    f"flemme's sessions from the plugin that exported them; `flemme export "
-                                    f"--portable` writes standard operators only)"))
+        lines.append(("custom ops", (f"ONNX Runtime domains {', '.join(meta['custom_domains'])} (registered by "
+                                     f"flemme's sessions from the plugin that exported them; `flemme export "
+                                     f"--portable` writes standard operators only)")))
     if extra.get("class_names"):
         lines.append(("classes", ", ".join(map(str, extra["class_names"]))))
     for key, label in (("preprocessing", "preprocessing"), ("sw", "sliding window"), ("roi_size", "patch size"),

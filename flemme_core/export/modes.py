@@ -26,7 +26,6 @@ from collections.abc import Iterator
 
 from ..errors import FlemmeError
 
-
 _CUSTOM_DOMAINS: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar("flemme_custom_domains",
                                                                              default=frozenset())
 

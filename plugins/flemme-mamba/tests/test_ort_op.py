@@ -12,8 +12,8 @@ from mamba_testutil import scan_inputs
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from flemme_mamba.scan.build import kernel_problem  # noqa: E402
-from flemme_mamba.scan.ort_op import DOMAIN, OP, library_path, selective_scan_fused, translations  # noqa: E402
+from flemme_mamba.scan.build import kernel_problem
+from flemme_mamba.scan.ort_op import DOMAIN, OP, library_path, selective_scan_fused, translations
 
 pytestmark = pytest.mark.skipif(bool(kernel_problem()), reason="no C++ compiler: the fused op cannot be built")
 
@@ -116,6 +116,7 @@ def _check_against_eager(model, path, rule, run) -> None:
 @pytest.mark.parametrize("dims", [2, 3])
 def test_mamba_unet_exports_with_the_fused_op_by_default(tmp_path, dims):
     import onnx
+
     from flemme_core.export.exporter import export_checkpoint
 
     model, ckpt = _checkpoint(tmp_path, dims)
@@ -129,13 +130,19 @@ def test_mamba_unet_exports_with_the_fused_op_by_default(tmp_path, dims):
 
 
 def test_portable_export_uses_standard_operators_only(tmp_path):
+    """`flemme export --portable`: the scan as an ONNX Scan, runnable by a bare ONNX Runtime."""
     import onnx
-    from flemme_core.export.exporter import export_checkpoint
+    from click.testing import CliRunner
+
+    from flemme_core.cli import main
+    from flemme_core.export.metadata import read_exported_metadata
 
     model, ckpt = _checkpoint(tmp_path, 2)
     out = tmp_path / "portable.onnx"
-    meta = export_checkpoint(ckpt, out, portable=True)
-    assert meta["custom_domains"] == []
+    result = CliRunner().invoke(main, ["export", str(ckpt), "-o", str(out), "--portable"])
+    assert result.exit_code == 0, result.output
+    meta = read_exported_metadata(out)
+    assert meta["custom_domains"] == [] and not any("SelectiveScan" in note for note in meta["notes"])
     proto = onnx.load(str(out))
     assert {o.domain for o in proto.opset_import} <= {"", "ai.onnx", "ai.onnx.ml"}
     assert "Scan" in [n.op_type for n in proto.graph.node]
@@ -146,6 +153,7 @@ def test_portable_export_uses_standard_operators_only(tmp_path):
 def test_a_file_needing_a_missing_domain_fails_in_one_line(tmp_path, monkeypatch):
     """`flemme predict` on a fused file where no installed plugin provides the domain."""
     from click.testing import CliRunner
+
     from flemme_core.cli import main
     from flemme_core.export import custom_ops
     from flemme_core.export.exporter import export_checkpoint
@@ -153,7 +161,7 @@ def test_a_file_needing_a_missing_domain_fails_in_one_line(tmp_path, monkeypatch
     _, ckpt = _checkpoint(tmp_path, 2)
     out = tmp_path / "fused.onnx"
     export_checkpoint(ckpt, out)
-    monkeypatch.setattr(custom_ops, "providers", lambda: {})
+    monkeypatch.setattr(custom_ops, "providers", dict)
     with pytest.raises(custom_ops.MissingCustomOps) as err:
         from flemme_core.export.runtime import ExportedModel
 

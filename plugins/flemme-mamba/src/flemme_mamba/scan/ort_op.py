@@ -24,9 +24,12 @@ from __future__ import annotations
 import ctypes
 import functools
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .build import BASE_FLAGS, SOURCE, KernelUnavailable, build_library
+
+if TYPE_CHECKING:
+    import torch
 
 DOMAIN = "flemme.mamba"
 OP = "SelectiveScan"
@@ -65,7 +68,8 @@ def torch_op() -> Any:
         return selective_scan(u, dt, A, B, C, D)
 
     @selective_scan_op.register_fake
-    def _(u, dt, A, B, C, D):  # noqa: ANN001 - torch's fake-tensor signature
+    def _(u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+          D: torch.Tensor) -> torch.Tensor:
         return torch.empty_like(u)
 
     return torch.ops.flemme_mamba.selective_scan.default
@@ -82,7 +86,7 @@ def translations() -> dict[Any, Any]:
                       outputs=[param("y", "T")], type_constraints=[("T", ["tensor(float)"], "float32")])
     op = values.Op(values.Opset(DOMAIN, 1), OP, schema)
 
-    def selective_scan_onnx(u, dt, A, B, C, D):  # noqa: ANN001 - onnxscript traces the call
+    def selective_scan_onnx(u: Any, dt: Any, A: Any, B: Any, C: Any, D: Any) -> Any:  # onnxscript values
         return op(u, dt, A, B, C, D)
 
     return {torch_op(): selective_scan_onnx}
@@ -95,7 +99,9 @@ def onnx_ops() -> Any:
     return OnnxCustomOps(DOMAIN, library_path, translations)
 
 
-def selective_scan_fused(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):  # noqa: ANN001
+def selective_scan_fused(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                         D: torch.Tensor | None = None, z: torch.Tensor | None = None,
+                         delta_bias: torch.Tensor | None = None, delta_softplus: bool = False) -> torch.Tensor:
     """Same contract as :func:`.reference.selective_scan_ref`, in float32, the recurrence as the
     torch op (one ``SelectiveScan`` node in ONNX), the element-wise parts around it."""
     from .contract import scan_inputs, scan_output
