@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from flemme_core.compare.budget import Budget, match_params, parse_budget, parse_shard
-from flemme_core.compare.plot import pareto_front
+from flemme_core.compare.plot import pareto_front, time_axis
 from flemme_core.compare.stats import bootstrap_indices, mean_std, paired_bootstrap, paired_comparison
 from flemme_core.compare.study import parse_encoder_spec, split_list
 from flemme_core.errors import ConfigError
@@ -152,3 +152,10 @@ def test_budget_line_names_rows_whose_stages_keep_their_own_steps():
                  {"name": "student", "arch": "unet", "encoder": {"name": "tiny"},
                   "train": {"stages": {"student": {"steps": 2000}}}}]})
     assert study.budget_text() == "1000 steps; rows with their own steps: student (stages: student 2000)"
+
+
+def test_time_axis_is_seconds_per_step_when_the_budget_equalised_the_run_time():
+    equal = [{"train_seconds": 180.1, "s_per_step": 0.16}, {"train_seconds": 180.3, "s_per_step": 0.28}]
+    assert time_axis(equal)[0] == "s_per_step"
+    steps = [{"train_seconds": 96.0, "s_per_step": 0.16}, {"train_seconds": 168.0, "s_per_step": 0.28}]
+    assert time_axis(steps)[0] == "train_seconds"

@@ -29,6 +29,16 @@ def pareto_front(points: list[tuple[float, float]], higher: bool) -> list[int]:
     return sorted(front, key=lambda i: points[i][0])
 
 
+def time_axis(group: list[dict[str, Any]]) -> tuple[str, str, bool]:
+    """The cost-in-time axis: training time per run, unless the budget made it equal for every
+    row (equal wall-clock: all within 5%), where it would plot noise; then the time per step,
+    which is what the rows paid for their steps."""
+    times = [e["train_seconds"] for e in group if e.get("train_seconds")]
+    if times and max(times) <= 1.05 * min(times) and all(e.get("s_per_step") for e in group):
+        return "s_per_step", f"training s/step (every run ~{min(times):.0f} s)", False
+    return "train_seconds", "training time per run (s)", False
+
+
 def pareto_plot(entries: list[dict[str, Any]], path: str) -> None:
     datasets = list(dict.fromkeys(e["dataset"] for e in entries))
     fig, axes = plt.subplots(len(datasets), 2, figsize=(11, 4.2 * len(datasets)), squeeze=False)
@@ -38,8 +48,7 @@ def pareto_plot(entries: list[dict[str, Any]], path: str) -> None:
             continue
         metric = group[0]["metric"]
         higher = higher_is_better(metric)
-        for ax, (key, label, log) in zip(axes[r], (("train_seconds", "training time per run (s)", False),
-                                                   ("parameters", "parameters", True))):
+        for ax, (key, label, log) in zip(axes[r], (time_axis(group), ("parameters", "parameters", True))):
             pts = [(e[key], e["metrics"][metric]["mean"]) for e in group if e[key] is not None]
             named = [e for e in group if e[key] is not None]
             for (x, y), e in zip(pts, named):
