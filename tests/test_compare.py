@@ -137,6 +137,24 @@ def test_shards_kill_and_rerun_equal_the_uninterrupted_study(full, study_file):
     assert "### syn" in table.stdout and "start" not in table.stderr  # the table on stdout, nothing trained
 
 
+two_cores = pytest.mark.skipif(len(__import__("flemme_core.compare.workers", fromlist=["x"]).usable_cpus()) < 2,
+                               reason="needs 2 usable cores")
+
+
+@two_cores
+def test_two_pinned_workers_equal_the_sequential_study(full, study_file):
+    out = study_file.parent / "workers"
+    proc = _compare(str(study_file), "-o", str(out), "--workers", "2")  # threads: 1 in the study
+    assert proc.returncode == 0, proc.stderr
+    assert "2 workers pinned to cores" in proc.stderr
+    assert _quality(out) == _quality(full)
+    from flemme_core.compare.workers import usable_cpus
+
+    cores = [json.loads(r.read_text())["cpus"] for r in sorted(out.glob("cells/*/*/*/result.json"))]
+    assert len(cores) == 4 and all(len(c) == 1 and c[0] in usable_cpus() for c in cores)
+    assert len({c[0] for c in cores}) == 2  # both workers ran cells, each on its own core
+
+
 def test_a_changed_cell_is_refused_in_one_line(full, study_file):
     changed = study_file.parent / "changed.yaml"
     changed.write_text(yaml.safe_dump({**STUDY, "train": {**STUDY["train"], "lr": 0.02}}))
@@ -158,6 +176,8 @@ def test_a_changed_cell_is_refused_in_one_line(full, study_file):
     (["--encoders", "tiny", "--arch", "unet", "--data", "synthetic-2d", "--match-params", "10"],
      "match: params 10 is impossible for row tiny+unet on synthetic-2d: the closest is"),
     (["--encoders", "tiny", "--arch", "unet", "--data", "synthetic-2d", "--baseline", "cnn+unet"], "unknown baseline row"),
+    (["--encoders", "tiny", "--arch", "unet", "--data", "synthetic-2d", "--workers", "4096", "--threads", "1"],
+     "--workers 4096 needs 4096 x 1 threads"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, fragment):
     out = tmp_path / "study"
@@ -227,6 +247,15 @@ def test_a_row_trains_from_another_rows_cell_of_the_same_seed(tmp_path):
         assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
     first = _weights(out / "cells" / "pre" / "syn" / "seed0")
     assert any(not first[k].equal(b[k]) for k in b)  # the seeds differ: the check above tells them apart
+    if len(__import__("flemme_core.compare.workers", fromlist=["x"]).usable_cpus()) >= 2:
+        # side by side: a worker never starts warm before pre of its seed has a result
+        side = tmp_path / "side"
+        proc = _compare_warm(str(spec), "-o", str(side), "--workers", "2")
+        assert proc.returncode == 0, proc.stderr
+        assert "needs" not in proc.stderr and "skip" not in proc.stderr
+        for seed in (0, 1):
+            a, b = (_weights(side / "cells" / row / "syn" / f"seed{seed}") for row in ("warm", "pre"))
+            assert all(a[k].equal(b[k]) for k in a)
     entries = json.loads((out / "report.json").read_text())["entries"]
     assert [e["row"] for e in entries] == ["warm", "pre"] and entries[0]["paired"]["diff"] == pytest.approx(0.0)
     # a changed reference is a changed cell: refused in one line, before anything runs

@@ -198,8 +198,9 @@ def check_unchanged(planned: list[PlannedCell]) -> None:
 
 
 def run_cell(p: PlannedCell, threads: int | None, on_progress: Callable[[float, str], None],
-             poll: float = 1.0) -> dict[str, Any]:
-    """Train and measure one cell in its own process (or return its result if it has one).
+             poll: float = 1.0, cpus: list[int] | None = None) -> dict[str, Any]:
+    """Train and measure one cell in its own process (or return its result if it has one),
+    pinned to ``cpus`` when given (:mod:`.workers`).
 
     Raises :class:`~flemme_core.training.runfolder.RunFolderBusy` when another process runs
     it, :class:`CellFailed` with the process's last line when it fails.
@@ -208,6 +209,7 @@ def run_cell(p: PlannedCell, threads: int | None, on_progress: Callable[[float, 
 
     from ..checkpoint import atomic_write
     from ..training.runfolder import HELD_ENV, RunLock
+    from .workers import cpus_env
 
     with RunLock(p.dir) as lock:
         check_unchanged([p])  # under the lock: another shard may have written it meanwhile
@@ -219,6 +221,7 @@ def run_cell(p: PlannedCell, threads: int | None, on_progress: Callable[[float, 
         env = {**os.environ, HELD_ENV: lock.key}
         if threads:
             env["OMP_NUM_THREADS"] = str(threads)
+        env.update(cpus_env(cpus))
         log = p.dir / "cell.log"
         with open(log, "a") as err:
             proc = subprocess.Popen([sys.executable, "-m", "flemme_core.compare.measure", str(p.dir)],

@@ -26,13 +26,15 @@ STUDY_FILE = "study.yaml"
 @click.option("--match-params", "match", type=float, help="Scale every row's widths to this parameter count (±10%).")
 @click.option("--baseline", help="The row the others are compared with (default: the first row).")
 @click.option("--threads", type=int, help="torch threads per cell (train.threads).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Cells run side by side, each worker pinned to its own --threads cores (default: an equal share).")
 @output_option("Study folder (default studies/<study name>).")
 @click.option("--shard", metavar="I/N", help="Run only the I-th of N parts of the cells (e.g. 2/4); finished cells are skipped.")
 @click.option("--table-only", is_flag=True, help="Only rebuild the report from the finished cells.")
 @quiet_option("No progress lines (the table is still printed).")
 def compare(study_file: str | None, encoders: str | None, arch: str | None, data: str | None, seeds: int | None,
             budget: str | None, match: float | None, baseline: str | None, threads: int | None,
-            output: str | None, shard: str | None, table_only: bool, quiet: bool) -> None:
+            workers: int, output: str | None, shard: str | None, table_only: bool, quiet: bool) -> None:
     """Compare encoders x architectures x datasets x seeds on equal terms, one run folder per cell.
 
     \b
@@ -40,6 +42,7 @@ def compare(study_file: str | None, encoders: str | None, arch: str | None, data
     flemme compare study.yaml                        # rows with their own options, reference rows, several datasets
     flemme compare study.yaml --budget seconds=180   # equal wall-clock training time per cell
     flemme compare study.yaml --shard 2/4            # a quarter of the cells (another machine, an array job)
+    flemme compare study.yaml --threads 1 --workers 2   # two cells at a time, each pinned to its own core
     flemme compare study.yaml --table-only           # rebuild the report from the finished cells
     The study folder holds cells/ (ordinary run folders), study.yaml (the resolved study) and
     report.md/.csv/.json/.png. Re-running continues: finished cells are skipped, interrupted ones resume.
@@ -61,7 +64,7 @@ def compare(study_file: str | None, encoders: str | None, arch: str | None, data
         study.name = slug("-".join(d.id for d in study.datasets))
     out = Path(output or Path("studies") / study.name)
     try:
-        failures = _run(study, out, index, count, table_only, quiet)
+        failures = _run(study, out, index, count, table_only, quiet, workers)
     except KeyboardInterrupt:
         click.echo(f"interrupted; run the same command again to continue (finished cells in {out} are kept)", err=True)
         sys.exit(130)
@@ -69,52 +72,65 @@ def compare(study_file: str | None, encoders: str | None, arch: str | None, data
         sys.exit(1)
 
 
-def _run(study: Any, out: Path, index: int, count: int, table_only: bool, quiet: bool) -> int:
+def _run(study: Any, out: Path, index: int, count: int, table_only: bool, quiet: bool, workers: int = 1) -> int:
     from ..errors import ConfigError
     from ..training.runfolder import RunFolderBusy
     from .cells import CellFailed, check_unchanged, plan, run_cell, shard, unfinished_need
     from .progress import StudyProgress
     from .report import summarize, write_report
+    from .workers import CellQueue, check_stopped, run_workers, worker_cpus
 
     if table_only and not out.is_dir():
         raise ConfigError(f"--table-only: the study folder {str(out)!r} does not exist; check -o")
+    cpus = worker_cpus(workers, study.threads)
     # --table-only builds no model unless widths are matched (the cells' configs hold the matched widths)
     planned = plan(study, out, check_models=not table_only or any(r.match for r in study.rows))
     check_unchanged(planned)  # every check has passed once this returns: only now is anything written
     mine = shard(planned, index, count)  # a cell and the cells it needs are in the same shard
-    failures, failed = 0, set()
+    failures = 0
     if not table_only:
         _write_study(out, study)
         todo = [p for p in mine if p.result() is None]
-        progress = StudyProgress(len(mine), len(todo), study.longest_seconds(), quiet=quiet)
+        progress = StudyProgress(len(mine), len(todo), study.longest_seconds(), quiet=quiet, workers=len(cpus))
         part = f" (shard {index}/{count})" if count > 1 else ""
+        side = f"; {len(cpus)} workers" + (f" pinned to cores {', '.join(_cores(c) for c in cpus)}"
+                                           if cpus[0] is not None else "") if len(cpus) > 1 else ""
         progress.message(f"study {study.name}: {len(planned)} cells{part}, {len(mine) - len(todo)} finished, "
-                         f"{len(todo)} to run; budget per cell {study.budget_text()}; folder {out}")
-        for k, p in enumerate(mine, 1):
-            if p.result() is not None:
-                continue
-            need = unfinished_need(p)  # run earlier in this loop, unless it failed or another process holds it
+                         f"{len(todo)} to run; budget per cell {study.budget_text()}; folder {out}{side}")
+        number = {p.cell.path: k for k, p in enumerate(mine, 1)}
+        failed: set[str] = set()
+        queue = CellQueue(todo, lambda p: p.needs.values(), lambda p: p.cell.path)
+
+        def work(p: Any, cores: list[int] | None) -> None:
+            k = number[p.cell.path]
+            need = unfinished_need(p)  # run earlier, unless it failed or another process holds it
             if need in failed:
-                failures += 1
                 failed.add(p.cell.path)
                 progress.fail(k, p.cell.label, f"needs {need}, which failed")
-                continue
+                return
             if need is not None:
                 progress.skip(k, p.cell.label, f"needs {need}, which has no result yet (another process is running "
                                                "it); run the study again once it has finished")
-                continue
+                return
             progress.start(k, p.cell.label)
+
+            def on_progress(fraction: float, note: str) -> None:
+                check_stopped(queue)
+                progress.update(k, fraction, note)
+
             try:
-                result = run_cell(p, study.threads, progress.update)
+                result = run_cell(p, study.threads, on_progress, cpus=cores)
             except RunFolderBusy:
                 progress.skip(k, p.cell.label, "another process is running it")
-                continue
+                return
             except CellFailed as exc:
-                failures += 1
                 failed.add(p.cell.path)
                 progress.fail(k, p.cell.label, str(exc))
-                continue
+                return
             progress.done(k, p.cell.label, _cell_summary(result))
+
+        run_workers(queue, cpus, work)
+        failures = len(failed)
     results = [r for r in (p.result() for p in planned) if r is not None]
     if table_only and not results:
         raise ConfigError(f"--table-only: no finished cell in {str(out)!r}; run the study first")
@@ -126,6 +142,15 @@ def _run(study: Any, out: Path, index: int, count: int, table_only: bool, quiet:
     click.echo((out / "report.md").read_text())
     click.echo("wrote " + ", ".join(str(f) for f in files.values()), err=True)
     return failures
+
+
+def _cores(cpus: list[int] | None) -> str:
+    """Cores as a short range: 0-3, or 5."""
+    if not cpus:
+        return "?"
+    if len(cpus) > 2 and cpus == list(range(cpus[0], cpus[-1] + 1)):
+        return f"{cpus[0]}-{cpus[-1]}"
+    return ",".join(map(str, cpus))
 
 
 def _write_study(out: Path, study: Any) -> None:

@@ -131,13 +131,17 @@ def main(argv: list[str] | None = None) -> int:
 
     from ..checkpoint import atomic_write
     from ..errors import FlemmeError
+    from .workers import pin_from_env
 
     args = sys.argv[1:] if argv is None else argv
     cell_dir = Path(args[0]).resolve()
+    cpus = pin_from_env()  # before torch starts its threads
     try:
         spec = yaml.safe_load((cell_dir / CELL_SPEC).read_text())
         summary = train_cell(cell_dir, spec)
         result = measure(cell_dir, spec, summary)
+        if cpus is not None:
+            result["cpus"] = cpus
     except FlemmeError as exc:
         print(f"Error: {exc}", file=sys.stderr, flush=True)
         return getattr(exc, "exit_code", 2)
