@@ -159,3 +159,24 @@ def test_time_axis_is_seconds_per_step_when_the_budget_equalised_the_run_time():
     assert time_axis(equal)[0] == "s_per_step"
     steps = [{"train_seconds": 96.0, "s_per_step": 0.16}, {"train_seconds": 168.0, "s_per_step": 0.28}]
     assert time_axis(steps)[0] == "train_seconds"
+
+
+def _entry(dataset: str, row: str, dice: list[float], steps: float, params: int) -> dict:
+    from flemme_core.compare.stats import mean_std
+
+    mean, std, n = mean_std(dice)
+    return {"dataset": dataset, "row": row, "metric": "dice", "steps_trained": steps, "parameters": params,
+            "metrics": {"dice": {"mean": mean, "std": std, "n": n}}}
+
+
+def test_summary_table_is_rows_by_datasets_with_the_best_mean_in_bold():
+    from flemme_core.compare.report import summary_table
+
+    entries = [_entry("a", "base", [0.80, 0.82], 100, 1_000_000), _entry("a", "new", [0.85, 0.83], 50, 2_500),
+               _entry("b", "base", [0.90, 0.92], 80, 1_000_000)]
+    lines = summary_table(entries).splitlines()
+    assert lines[0].split("|")[1].strip() == "row" and "a: dice · steps · params" in lines[0]
+    base, new = lines[2], lines[3]
+    assert "0.810 ± 0.014 · 100 steps · 1.00M" in base and "**0.840 ± 0.014** · 50 steps · 2.50k" in new
+    assert "**0.910 ± 0.014** · 80 steps" in base and new.rstrip(" |").endswith("—")  # no cell of new on b
+    assert len({len(ln) for ln in lines}) == 1  # aligned as printed

@@ -142,12 +142,45 @@ def markdown_table(entries: list[dict[str, Any]]) -> str:
                       diff, better, _si(e["parameters"]), _si(e["macs"]), _num_cell(e["s_per_step"], ".3f"),
                       _num_cell(e["train_seconds"], ".1f" if (e["train_seconds"] or 0) < 100 else ".0f"), _num_cell(e["infer_ms"], ".1f"),
                       _num_cell(e["peak_memory_mb"], ".0f")])
+    return _aligned(head, lines)
+
+
+def _aligned(head: list[str], lines: list[list[str]]) -> str:
+    """A Markdown table padded so its columns line up in a terminal too (first column left)."""
     widths = [max(len(h), *(len(r[i]) for r in lines)) for i, h in enumerate(head)]
-    right = [i for i in range(len(head)) if i > 0]
-    fmt = lambda cells: "| " + " | ".join(c.rjust(w) if i in right else c.ljust(w)
+    fmt = lambda cells: "| " + " | ".join(c.rjust(w) if i else c.ljust(w)
                                           for i, (c, w) in enumerate(zip(cells, widths))) + " |"
-    rule = "|" + "|".join(("-" * (w + 1) + ":") if i in right else ("-" * (w + 2)) for i, w in enumerate(widths)) + "|"
+    rule = "|" + "|".join(("-" * (w + 1) + ":") if i else ("-" * (w + 2)) for i, w in enumerate(widths)) + "|"
     return "\n".join([fmt(head), rule, *(fmt(r) for r in lines)])
+
+
+def summary_table(entries: list[dict[str, Any]]) -> str:
+    """Rows x datasets at a glance: the primary metric (mean ± std over seeds; the best mean of
+    each dataset in bold), then the steps trained and the parameters of that cell."""
+    datasets = list(dict.fromkeys(e["dataset"] for e in entries))
+    rows = list(dict.fromkeys(e["row"] for e in entries))
+    by = {(e["dataset"], e["row"]): e for e in entries}
+    best = {}
+    for ds in datasets:
+        scored = [e for e in entries if e["dataset"] == ds and (e["metrics"].get(e["metric"]) or {}).get("n")]
+        if scored:
+            sign = 1 if higher_is_better(scored[0]["metric"]) else -1
+            best[ds] = max(scored, key=lambda e: sign * e["metrics"][e["metric"]]["mean"])["row"]
+    lines = []
+    for row in rows:
+        cells = [row]
+        for ds in datasets:
+            e = by.get((ds, row))
+            if e is None:
+                cells.append("—")
+                continue
+            value = _ms(e["metrics"].get(e["metric"]), _digits(e["metric"]))
+            value = f"**{value}**" if best.get(ds) == row else value
+            steps = "—" if e["steps_trained"] is None else f"{e['steps_trained']:.0f}"
+            cells.append(f"{value} · {steps} steps · {_si(e['parameters'])}")
+        lines.append(cells)
+    metric = entries[0]["metric"]
+    return _aligned(["row", *(f"{ds}: {metric} · steps · params" for ds in datasets)], lines)
 
 
 def markdown(study: dict[str, Any], entries: list[dict[str, Any]], missing: list[str]) -> str:
@@ -162,6 +195,8 @@ def markdown(study: dict[str, Any], entries: list[dict[str, Any]], missing: list
            "forward of one training patch (torch.utils.flop_counter; custom kernels such as mamba's scan are "
            "not counted). infer ms: one whole held-out image at 1 thread. peak MB: peak memory of the cell's "
            "process (RSS on CPU, allocated on CUDA).")]
+    if len({e["dataset"] for e in entries}) > 1:
+        out += ["", "### Summary", "", summary_table(entries)]
     for ds in dict.fromkeys(e["dataset"] for e in entries):
         group = [e for e in entries if e["dataset"] == ds]
         out += ["", f"### {ds}", "", f"Held out: {group[0]['held_out']}.", "", markdown_table(group)]
