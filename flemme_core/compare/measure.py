@@ -69,20 +69,23 @@ def macs_per_sample(model: Any, example: Any) -> int:
     return int(counter.get_total_flops() // 2)
 
 
-def inference_ms(model: Any, image: Any, settings: Any, repeats: int = 3) -> float:
-    """Median wall time of whole-image inference (sliding window beyond the patch) at 1 thread."""
+def inference_ms(model: Any, image: Any, settings: Any, repeats: int = 3, enough_seconds: float = 10.0) -> float:
+    """Median wall time of whole-image inference (sliding window beyond the patch) at 1 thread:
+    a warm-up, then up to ``repeats`` timed runs, fewer once they add up to ``enough_seconds``
+    (a whole 3D volume through a slow network takes tens of seconds a run: four of them cost a
+    cell minutes and tell little more than one)."""
     import torch
 
-    from ..training.evaluation import infer
+    from ..training import evaluation
 
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        infer(model, image, settings)  # warm-up
-        times = []
-        for _ in range(repeats):
+        evaluation.infer(model, image, settings)  # warm-up
+        times: list[float] = []
+        while len(times) < repeats and sum(times) < 1000 * enough_seconds:
             start = time.perf_counter()
-            infer(model, image, settings)
+            evaluation.infer(model, image, settings)
             times.append((time.perf_counter() - start) * 1000)
     finally:
         torch.set_num_threads(previous)
