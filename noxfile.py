@@ -195,9 +195,13 @@ def pyramid_experiment(session: nox.Session) -> None:
 @nox.session
 def study(session: nox.Session) -> None:
     """The README's "Which encoder?" study (hours on 2 CPU threads; finished cells are reused):
-    equal wall-clock time per cell, then equal steps. Not a default session."""
+    equal wall-clock time per cell, the identity-mixer controls at equal steps, then the whole
+    study at equal steps. Not a default session. On a 2-core CPU: ``nox -s study -- --threads 1
+    --workers 2``."""
     spec = "benchmarks/studies/which-encoder.yaml"
     session.run("python", "-m", "flemme_core", "compare", spec, "-o", "studies/which-encoder", *session.posargs)
+    session.run("python", "-m", "flemme_core", "compare", "benchmarks/studies/mixer-equal-steps.yaml",
+                "-o", "studies/mixer-equal-steps", *session.posargs)
     session.run("python", "-m", "flemme_core", "compare", spec, "--budget", "steps=1000",
                 "-o", "studies/which-encoder-steps", *session.posargs)
 
