@@ -305,3 +305,74 @@ def test_a_variant_the_model_does_not_have_is_one_line(tmp_path):
     assert result.exit_code == 2 and result.output.strip().count("\n") == 0, result.output
     assert "row a on syn: unknown evaluation variant of architecture 'unet': 'teacher'" in result.output
     assert not out.exists()
+
+
+def test_a_row_with_its_own_patch_is_built_for_that_patch(tmp_path, monkeypatch):
+    """A row's own ``data`` (e.g. a network that needs sides divisible by 32 on a dataset whose
+    patch is 48) is checked and its model built with that data, not the dataset's."""
+    from flemme_core.compare import cells
+    from flemme_core.compare.study import load_study
+
+    spec = tmp_path / "own-patch.yaml"
+    rows = [{"name": "small", "encoder": "tiny", "arch": "unet"},
+            {"name": "large", "encoder": "tiny", "arch": "unet", "data": {"patch_size": [16, 16]}}]
+    spec.write_text(yaml.safe_dump({**{k: STUDY[k] for k in ("datasets", "model", "threads")}, "name": "own",
+                                    "seeds": 1, "budget": {"steps": 2}, "rows": rows}))
+    infos, built = {}, {}
+    real_info, real_model = cells._data_info, cells._model
+
+    def data_info(data, name):
+        infos[tuple(data["patch_size"])] = real_info(data, name)
+        return infos[tuple(data["patch_size"])]
+
+    def model(config, info, cell):
+        built[cell.row.id] = info
+        return real_model(config, info, cell)
+
+    monkeypatch.setattr(cells, "_data_info", data_info)
+    monkeypatch.setattr(cells, "_model", model)
+    cells.plan(load_study(str(spec)), tmp_path / "out")
+    assert set(infos) == {(32, 32), (16, 16)}
+    assert built["small"] is infos[(32, 32)] and built["large"] is infos[(16, 16)]
+
+
+def _processes_running(cell: Path) -> list[int]:
+    """Pids whose command line names this cell folder (a cell's process)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if "compare.measure" in cmdline and str(cell) in cmdline:
+                found.append(int(proc.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads /proc")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_a_stopped_study_leaves_no_cell_training(tmp_path, sig):
+    """SIGTERM (a batch scheduler's time limit) stops the study as Ctrl-C does: the cell's process
+    is terminated and the exit code says which signal; SIGKILL of the study takes the cell down
+    too (it trains under the study's lock, which dies with it)."""
+    spec = tmp_path / "long.yaml"
+    spec.write_text(yaml.safe_dump({**STUDY, "seeds": 1, "budget": {"steps": 100000}}))
+    out = tmp_path / "out"
+    cell = out / "cells" / "tiny+unet" / "syn" / "seed0"
+    proc = subprocess.Popen([sys.executable, "-m", "flemme_core", "compare", str(spec), "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (cell / "metrics.jsonl").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() is not None else ""
+        time.sleep(0.1)
+    assert _processes_running(cell)
+    proc.send_signal(sig)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == (128 + signal.SIGTERM if sig == signal.SIGTERM else -signal.SIGKILL)
+    if sig == signal.SIGTERM:
+        assert "interrupted; run the same command again" in err and "Traceback" not in err
+    deadline = time.time() + 30
+    while _processes_running(cell):
+        assert time.time() < deadline, "the cell's process outlived the study"
+        time.sleep(0.2)

@@ -86,9 +86,10 @@ def plan(study: Study, study_dir: Path, *, check_models: bool = True) -> list[Pl
         if check_models and all((d / CHECKPOINT).exists() for d in needed.values()):
             key = (cell.row.id, cell.dataset.id)
             if key not in models:
-                if cell.dataset.id not in infos:
-                    infos[cell.dataset.id] = _data_info(run["data"], cell.dataset.id)
-                models[key] = _model(resolve(run["model"], needed), infos[cell.dataset.id], cell)
+                data_key = json.dumps(run["data"], sort_keys=True, default=str)  # a row may change the data (its patch)
+                if data_key not in infos:
+                    infos[data_key] = _data_info(run["data"], cell.dataset.id)
+                models[key] = _model(resolve(run["model"], needed), infos[data_key], cell)
             parameters = models[key][1]
             if cell.row.match:  # the matched widths (a row with references has no match)
                 run["model"] = copy.deepcopy(models[key][0])

@@ -5,6 +5,7 @@ Import-cheap at the top (click only); the study machinery is imported when it ru
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -63,11 +64,20 @@ def compare(study_file: str | None, encoders: str | None, arch: str | None, data
 
         study.name = slug("-".join(d.id for d in study.datasets))
     out = Path(output or Path("studies") / study.name)
+    stopped_by: list[int] = []
+
+    def terminate(signum: int, frame: object) -> None:  # a batch scheduler's SIGTERM: stop as Ctrl-C does
+        stopped_by.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
         failures = _run(study, out, index, count, table_only, quiet, workers)
     except KeyboardInterrupt:
         click.echo(f"interrupted; run the same command again to continue (finished cells in {out} are kept)", err=True)
-        sys.exit(130)
+        sys.exit(128 + (stopped_by[0] if stopped_by else signal.SIGINT))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if failures:
         sys.exit(1)
 

@@ -134,8 +134,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from ..checkpoint import atomic_write
     from ..errors import FlemmeError
+    from ..training.launcher import die_with_parent
     from .workers import pin_from_env
 
+    die_with_parent()  # the study process holds this cell's lock: without it, the cell must not train on
     args = sys.argv[1:] if argv is None else argv
     cell_dir = Path(args[0]).resolve()
     cpus = pin_from_env()  # before torch starts its threads

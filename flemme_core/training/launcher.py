@@ -58,8 +58,9 @@ class _Relay(threading.Thread):
             self.sink.flush()
 
 
-def _die_with_parent() -> None:
-    """Linux: torchrun gets SIGTERM (and stops its workers) even if this process is SIGKILLed."""
+def die_with_parent() -> None:
+    """Linux: the calling process gets SIGTERM when its parent dies, even by SIGKILL (torchrun
+    then stops its workers; a study's cell stops instead of training on without its lock)."""
     try:
         import ctypes
 
@@ -92,7 +93,7 @@ def launch(nproc: int, args: Sequence[str], argv: Sequence[str] | None = None) -
     env[LAUNCHED_ENV] = "1"
     debug = bool(os.environ.get("FLEMME_DEBUG"))
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
-                            start_new_session=True, preexec_fn=_die_with_parent)  # noqa: PLW1509 - no threads yet
+                            start_new_session=True, preexec_fn=die_with_parent)  # noqa: PLW1509 - no threads yet
     relays = [_Relay(proc.stdout, sys.stdout, False), _Relay(proc.stderr, sys.stderr, not debug)]
     for relay in relays:
         relay.start()
