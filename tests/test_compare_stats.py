@@ -180,3 +180,7 @@ def test_summary_table_is_rows_by_datasets_with_the_best_mean_in_bold():
     assert "0.810 ± 0.014 · 100 steps · 1.00M" in base and "**0.840 ± 0.014** · 50 steps · 2.50k" in new
     assert "**0.910 ± 0.014** · 80 steps" in base and new.rstrip(" |").endswith("—")  # no cell of new on b
     assert len({len(ln) for ln in lines}) == 1  # aligned as printed
+    # a row only on the second dataset keeps its place in the study's order
+    late = [*entries, _entry("b", "late", [0.5, 0.5], 10, 100)]
+    order = [ln.split("|")[1].strip() for ln in summary_table(late, ["late", "base", "new"]).splitlines()[2:]]
+    assert order == ["late", "base", "new"]

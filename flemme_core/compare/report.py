@@ -154,11 +154,14 @@ def _aligned(head: list[str], lines: list[list[str]]) -> str:
     return "\n".join([fmt(head), rule, *(fmt(r) for r in lines)])
 
 
-def summary_table(entries: list[dict[str, Any]]) -> str:
+def summary_table(entries: list[dict[str, Any]], row_order: list[str] | None = None) -> str:
     """Rows x datasets at a glance: the primary metric (mean ± std over seeds; the best mean of
-    each dataset in bold), then the steps trained and the parameters of that cell."""
+    each dataset in bold), then the steps trained and the parameters of that cell. Rows in
+    ``row_order`` (the study's), whichever dataset they first appear in."""
     datasets = list(dict.fromkeys(e["dataset"] for e in entries))
     rows = list(dict.fromkeys(e["row"] for e in entries))
+    if row_order:
+        rows.sort(key=lambda r: row_order.index(r) if r in row_order else len(row_order))
     by = {(e["dataset"], e["row"]): e for e in entries}
     best = {}
     for ds in datasets:
@@ -196,7 +199,7 @@ def markdown(study: dict[str, Any], entries: list[dict[str, Any]], missing: list
            "not counted). infer ms: one whole held-out image at 1 thread. peak MB: peak memory of the cell's "
            "process (RSS on CPU, allocated on CUDA).")]
     if len({e["dataset"] for e in entries}) > 1:
-        out += ["", "### Summary", "", summary_table(entries)]
+        out += ["", "### Summary", "", summary_table(entries, [r.get("name") for r in study.get("rows", [])])]
     for ds in dict.fromkeys(e["dataset"] for e in entries):
         group = [e for e in entries if e["dataset"] == ds]
         out += ["", f"### {ds}", "", f"Held out: {group[0]['held_out']}.", "", markdown_table(group)]
