@@ -92,7 +92,7 @@ def _run(study: Any, out: Path, index: int, count: int, table_only: bool, quiet:
 
     if table_only and not out.is_dir():
         raise ConfigError(f"--table-only: the study folder {str(out)!r} does not exist; check -o")
-    cpus = worker_cpus(workers, study.threads)
+    cpus = [None] if table_only else worker_cpus(workers, study.threads)  # a bad --workers: before anything is written
     # --table-only builds no model unless widths are matched (the cells' configs hold the matched widths)
     planned = plan(study, out, check_models=not table_only or any(r.match for r in study.rows))
     check_unchanged(planned)  # every check has passed once this returns: only now is anything written

@@ -80,6 +80,7 @@ class StudyProgress:
     def done(self, index: int, label: str, summary: str) -> None:
         self._close_bar()
         seconds = time.perf_counter() - self._started.pop(index, time.perf_counter())
+        self._quarter.pop(index, None)
         self.durations.append(seconds)
         self.left = max(0, self.left - 1)
         self._print(f"[{index}/{self.total}] done   {label}  {summary}  ({seconds:.0f} s; study eta {self.eta()})")
