@@ -351,7 +351,7 @@ def _processes_running(cell: Path) -> list[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads /proc")
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGKILL, marks=pytest.mark.slow)])
 def test_a_stopped_study_leaves_no_cell_training(tmp_path, sig):
     """SIGTERM (a batch scheduler's time limit) stops the study as Ctrl-C does: the cell's process
     is terminated and the exit code says which signal; SIGKILL of the study takes the cell down
