@@ -376,3 +376,19 @@ def test_a_stopped_study_leaves_no_cell_training(tmp_path, sig):
     while _processes_running(cell):
         assert time.time() < deadline, "the cell's process outlived the study"
         time.sleep(0.2)
+
+
+def test_a_kept_study_rebuilds_the_same_report_without_checkpoints(tmp_path, full):
+    """benchmarks/keep_study.py keeps only the cells' small files in git; --table-only on that copy
+    must give the report of the study folder it came from."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        from keep_study import keep
+    finally:
+        sys.path.pop(0)
+    kept = tmp_path / "kept"
+    assert keep(full, kept) == len(ROWS) * STUDY["seeds"]
+    assert not list(kept.rglob("*.safetensors"))
+    proc = _compare("--table-only", "-o", str(kept))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((kept / "report.json").read_text())["entries"] == json.loads((full / "report.json").read_text())["entries"]

@@ -61,11 +61,11 @@ def evaluate_run(run_dir: Path) -> dict[str, float]:
             "psnr_clip": c["psnr"], "ssim_clip": c["ssim"]}
 
 
-def _ms(values: list[float]) -> str:
+def _ms(values: list[float], sign: str = "") -> str:
     from flemme_core.compare.stats import mean_std
 
     mean, sd, _ = mean_std(values)
-    return f"{mean:.4f} ± {sd:.4f}"
+    return f"{mean:{sign}.4f} ± {sd:.4f}"
 
 
 def table(rows: dict[tuple[str, str, int], dict[str, float]]) -> str:
@@ -85,7 +85,7 @@ def table(rows: dict[tuple[str, str, int], dict[str, float]]) -> str:
             cells = []
             for k in keys:
                 d = [rows[(family, PAIR[1], s)][k] - rows[(family, PAIR[0], s)][k] for s in paired]
-                cells.append(f"Δ {_ms(d)} ({sum(v > 0 for v in d)}/{len(d)} higher)")
+                cells.append(f"Δ {_ms(d, '+')} ({sum(v > 0 for v in d)}/{len(d)} higher)")
             lines.append(f"| {family} | **hae − ae** | | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
