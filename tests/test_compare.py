@@ -378,7 +378,7 @@ def test_a_stopped_study_leaves_no_cell_training(tmp_path, sig):
         time.sleep(0.2)
 
 
-def test_a_kept_study_rebuilds_the_same_report_without_checkpoints(tmp_path, full):
+def test_a_kept_study_rebuilds_the_same_report_without_checkpoints(tmp_path, study_file, full):
     """benchmarks/keep_study.py keeps only the cells' small files in git; --table-only on that copy
     must give the report of the study folder it came from."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -392,3 +392,6 @@ def test_a_kept_study_rebuilds_the_same_report_without_checkpoints(tmp_path, ful
     proc = _compare("--table-only", "-o", str(kept))
     assert proc.returncode == 0, proc.stderr
     assert json.loads((kept / "report.json").read_text())["entries"] == json.loads((full / "report.json").read_text())["entries"]
+    again = _compare(str(study_file), "-o", str(kept))  # a later run continues from the kept cells: nothing retrained
+    assert again.returncode == 0, again.stderr
+    assert f"{len(ROWS) * STUDY['seeds']} finished, 0 to run" in again.stderr
