@@ -196,8 +196,8 @@ def pyramid_experiment(session: nox.Session) -> None:
 def study(session: nox.Session) -> None:
     """The README's "Which encoder?" study (hours on 2 CPU threads; finished cells are reused):
     equal wall-clock time per cell; the identity-mixer controls, then every 2D row at 300 equal
-    steps (one folder); then the whole study at 1,000 steps (the 3D rows: a GPU job). Not a default session. On a 2-core CPU: ``nox -s study -- --threads 1
-    --workers 2``."""
+    steps (one folder); then the whole study at 1,000 steps (the 3D rows: a GPU job). Not a
+    default session. On a 2-core CPU: ``nox -s study -- --threads 1 --workers 2``."""
     spec = "benchmarks/studies/which-encoder.yaml"
     session.run("python", "-m", "flemme_core", "compare", spec, "-o", "studies/which-encoder", *session.posargs)
     for steps_2d in ("mixer-equal-steps", "which-encoder-steps-2d"):  # one folder: the second reuses the first's cells

@@ -16,20 +16,24 @@ import argparse
 import shutil
 from pathlib import Path
 
-STUDY_FILES = ("study.yaml", "report.md", "report.csv", "report.json")
-CELL_FILES = ("cell.yaml", "config.yaml", "result.json", "summary.json", "state.json", "metrics.jsonl")
+from flemme_core.compare.cli import STUDY_FILE
+from flemme_core.compare.measure import CELL_SPEC, RESULT, SUMMARY
+
+STUDY_FILES = (STUDY_FILE, "report.md", "report.csv", "report.json")
+# what --table-only reads (the cell's spec and result) and what a re-run checks before skipping it
+CELL_FILES = (CELL_SPEC, RESULT, SUMMARY, "config.yaml", "state.json", "metrics.jsonl")
 
 
 def keep(study: Path, dest: Path) -> int:
     """Copy the study's files and every measured cell's small files; returns the cells kept."""
-    if not (study / "study.yaml").exists():
+    if not (study / STUDY_FILE).exists():
         raise SystemExit(f"error: {study} is not a study folder (no study.yaml); pass the folder of `flemme compare -o`")
     dest.mkdir(parents=True, exist_ok=True)
     for name in STUDY_FILES:
         if (study / name).exists():
             shutil.copy2(study / name, dest / name)
     kept = 0
-    for result in sorted(study.glob("cells/**/result.json")):
+    for result in sorted(study.glob(f"cells/**/{RESULT}")):
         cell = result.parent
         target = dest / cell.relative_to(study)
         target.mkdir(parents=True, exist_ok=True)
